@@ -6,7 +6,7 @@ from typing import Any, Iterable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models import layers
+from jaxcnn.models import conv_ops, layers
 
 
 class ConvNet(nn.Module):
@@ -16,6 +16,8 @@ class ConvNet(nn.Module):
     factorize / multi_branch: "all", "none" or conv layer numbers (1-based), see `layers.layer_set`.
     dropout: rate of the classifier's dropout layers.
     dtype: computation dtype (parameters stay float32; logits come out float32).
+    conv_impl: "auto" | "xla" | "im2col", how convolutions are computed (see `conv_ops`); "auto"
+      is XLA's conv except where it is known to be slow (tiny maps on CPU), same results.
     """
     num_classes: int = 1000
     norm: str = "none"
@@ -24,6 +26,7 @@ class ConvNet(nn.Module):
     dropout: float = 0.5
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     num_conv_layers = 0  # set by each architecture: how many conv blocks `factorize` etc. can pick
 
@@ -34,7 +37,8 @@ class ConvNet(nn.Module):
             features, kernel_size, norm=kwargs.pop("norm", self.norm),
             factorize=index in layers.layer_set(self.factorize, n),
             multi_branch=index in layers.layer_set(self.multi_branch, n),
-            bn_momentum=self.bn_momentum, dtype=self.dtype, name=f"conv{index}", **kwargs)
+            bn_momentum=self.bn_momentum, dtype=self.dtype,
+            conv_fn=conv_ops.conv_general_dilated(self.conv_impl), name=f"conv{index}", **kwargs)
 
     def check_input(self, x) -> None:
         layers.check_min_size(x, self.min_input_size, type(self).__name__)

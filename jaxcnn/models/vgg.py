@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxcnn.models import layers
@@ -75,6 +76,66 @@ class VGG(ConvNet):
             x = layers.adaptive_avg_pool(x, self.pool_to)
         x = x.reshape(x.shape[0], -1)
         return layers.classifier(x, self.head, self.num_classes, self.dropout, train, self.dtype)
+
+    @nn.compact
+    def dense_scores(self, x, flip: bool = False):
+        """Dense evaluation (paper section 3.2) of test images at least as large as the training size.
+
+        The head slides over the whole feature map, with the same parameters as `__call__`: fc1 as a
+        `pool_to` convolution, the other FC layers as 1×1 convolutions; the class score map (logits)
+        is averaged spatially. With `flip`, the softmax posteriors of the image and of its mirror
+        image are averaged, as in the paper, and returned as log posteriors: softmax, argmax, top-k
+        and cross-entropy read them as they read logits. Eval mode: no dropout, BN running averages.
+        """
+        if self.pool_to is None:
+            raise ValueError("dense evaluation needs the FC head's window (pool_to); this VGG "
+                             "flattens whatever its features leave")
+        batch = x.shape[0]
+        if flip:
+            x = jnp.concatenate([x, x[:, :, ::-1]])
+        x = self.features(x, train=False)
+        (h, w), (wh, ww) = x.shape[1:3], self.pool_to
+        if h < wh or w < ww:
+            raise ValueError(f"dense evaluation needs a feature map of at least {wh}x{ww}, got "
+                             f"{h}x{w}: test images must be at least the training size")
+        widths = (*self.head, self.num_classes)
+        x = SlidingDense(widths[0], self.pool_to, dtype=self.dtype, name="fc1")(x)
+        for i, width in enumerate(widths[1:], start=2):
+            x = nn.Dense(width, kernel_init=layers.dense_init, dtype=self.dtype,
+                         name=f"fc{i}")(nn.relu(x))
+        scores = x.astype(jnp.float32).mean(axis=(1, 2))
+        if not flip:
+            return scores
+        log_probs = jax.nn.log_softmax(scores)
+        pair = jnp.stack([log_probs[:batch], log_probs[batch:]])
+        return jax.nn.logsumexp(pair, axis=0) - jnp.log(2.0)   # log of the mean posterior
+
+
+class SlidingDense(nn.Module):
+    """An `nn.Dense` over a flattened NHWC `window` (kernel (h·w·C, features)) applied as a VALID
+    h×w convolution: the same parameters as the FC layer, slid over a larger feature map."""
+    features: int
+    window: tuple[int, int]
+    dtype: layers.Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        (h, w), c = self.window, x.shape[-1]
+        kernel = self.param("kernel", layers.dense_init, (h * w * c, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jax.lax.conv_general_dilated(x, kernel.reshape(h, w, c, self.features), (1, 1), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias
+
+
+def dense_eval_logits(model: VGG, variables, images: jax.Array, flip: bool = False) -> jax.Array:
+    """(batch, classes) scores of `images` (NHWC, any size >= the training size) by dense evaluation,
+    see `VGG.dense_scores`; a drop-in for `model.apply(variables, images)` at evaluation time.
+    Jit it with `model` and `flip` static: `jax.jit(dense_eval_logits, static_argnums=(0, 3))`."""
+    if not isinstance(model, VGG):
+        raise ValueError(f"dense evaluation is defined for VGG models, not {type(model).__name__}")
+    return model.apply(variables, images, flip, method=VGG.dense_scores)
 
 
 class CifarVGG(ConvNet):

@@ -1,0 +1,129 @@
+"""The articles' benchmark for any zoo model, side by side with PyTorch when it is installed.
+
+    python -m experiments.benchmark --model=alexnet --batch_size=32 --image_size=224 \\
+        --num_batches=100 --burn_in=10 [--dtype=bfloat16] [--modes=forward,forward_backward]
+        [--json] [--notorch] [--norm=batch --factorize=all --conv_impl=xla ...]
+
+Prints, per mode, seconds per batch (mean ± sd over the timed batches), images/s, compile time,
+FLOPs per image (analytic and XLA's), TFLOP/s and MFU; with torch, the same mode of the plain
+PyTorch twin (`experiments.torch_reference`) is timed right after, and the ratio jaxcnn / torch.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from jaxcnn import benchmark, models
+
+MODEL_OPTIONS = ("norm", "factorize", "multi_branch", "conv_impl", "dropout")
+
+flags.DEFINE_string("model", "alexnet", "model name, see jaxcnn.models.names()")
+flags.DEFINE_integer("num_classes", 1000, "classifier outputs")
+flags.DEFINE_integer("batch_size", 32, "images per batch")
+flags.DEFINE_integer("image_size", None, "square input side; default: the model's design size")
+flags.DEFINE_integer("num_batches", 100, "timed batches per mode")
+flags.DEFINE_integer("burn_in", 10, "untimed batches before timing")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "computation dtype")
+flags.DEFINE_list("modes", list(benchmark.MODES), f"any of {', '.join(benchmark.MODES)}")
+flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
+flags.DEFINE_bool("torch", importlib.util.find_spec("torch") is not None,
+                  "also time the plain-PyTorch twin (default: on when torch is importable)")
+flags.DEFINE_integer("seed", 0, "seed of the images and parameters")
+flags.DEFINE_string("norm", None, "model option: none | batch | lrn")
+flags.DEFINE_string("factorize", None, "model option: all | none | conv layer numbers, e.g. 2,3")
+flags.DEFINE_string("multi_branch", None, "model option: all | none | conv layer numbers")
+flags.DEFINE_enum("conv_impl", None, ["auto", "xla", "im2col"], "model option: convolution")
+flags.DEFINE_float("dropout", None, "model option: classifier dropout rate")
+FLAGS = flags.FLAGS
+
+
+class TorchTwin(NamedTuple):
+    params: int
+    time_mode: Callable   # (image_shape, mode) -> seconds of each timed batch
+
+
+def torch_twin(name: str) -> TorchTwin | None:
+    """The plain-PyTorch model of `name`, or None when there is none (or when model options it
+    does not reproduce are set)."""
+    from experiments import torch_reference  # noqa: PLC0415  (torch is optional)
+    import torch  # noqa: PLC0415
+
+    options = [o for o in MODEL_OPTIONS if FLAGS[o].present and o != "conv_impl"]
+    if name not in torch_reference.BUILDERS or options:
+        print(f"no PyTorch twin of {name} with {', '.join(options) or 'these options'}; "
+              "timing jaxcnn only")
+        return None
+    torch.manual_seed(FLAGS.seed)
+    model = torch_reference.create(name, FLAGS.num_classes)
+    return TorchTwin(torch_reference.num_params(model), lambda image_shape, mode:
+                     torch_reference.time_mode(model, FLAGS.num_classes, image_shape,
+                                               FLAGS.batch_size, mode, FLAGS.burn_in,
+                                               FLAGS.num_batches, getattr(torch, FLAGS.dtype)))
+
+
+def table(header: str, rows: list[dict]) -> str:
+    lines = [header, f"{'mode':<17}{'impl':<8}{'compile s':>10}{'s/batch mean ± sd':>24}"
+                     f"{'images/s':>11}{'TFLOP/s':>9}{'MFU':>7}"]
+    for row in rows:
+        mfu = "-" if row.get("mfu") is None else f"{100 * row['mfu']:.1f}%"
+        compile_s = "-" if row.get("compile_s") is None else f"{row['compile_s']:.1f}"
+        tflops = "-" if row.get("tflops") is None else f"{row['tflops']:.3f}"
+        lines.append(f"{row['mode']:<17}{row['impl']:<8}{compile_s:>10}"
+                     f"{row['mean_s']:>13.4f} ± {row['std_s']:<8.4f}{row['images_per_s']:>11.1f}"
+                     f"{tflops:>9}{mfu:>7}")
+        if row["impl"] == "torch":
+            lines.append(f"{'':<17}jaxcnn / torch = {previous['ratio']:.2f}x")
+        previous = row
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    options = {o: getattr(FLAGS, o) for o in MODEL_OPTIONS if FLAGS[o].present}
+    dtype = jnp.dtype(FLAGS.dtype)
+    model = models.create(FLAGS.model, FLAGS.num_classes, dtype=dtype, **options)
+    h, w, c = models.input_shape(FLAGS.model)
+    image_shape = (h, w, c) if FLAGS.image_size is None else (FLAGS.image_size,) * 2 + (c,)
+    twin = torch_twin(FLAGS.model) if FLAGS.torch else None
+    rows = []
+    for mode in FLAGS.modes:  # jaxcnn then torch, mode by mode: both see the same machine load
+        timing, = benchmark.run(model, image_shape, FLAGS.batch_size, [mode], FLAGS.burn_in,
+                                FLAGS.num_batches, FLAGS.seed, input_dtype=dtype)
+        rows.append({**timing.as_dict(), "impl": "jaxcnn"})
+        if twin is not None:
+            s = twin.time_mode(image_shape, mode)
+            rows[-1]["ratio"] = timing.mean_s / s.mean()
+            rows.append({"mode": mode, "impl": "torch", "mean_s": float(s.mean()),
+                         "std_s": float(s.std()), "images_per_s": FLAGS.batch_size / s.mean(),
+                         "tflops": timing.model_flops * FLAGS.batch_size / s.mean() / 1e12})
+    params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))["params"]))
+    forward_flops = 2 * benchmark.analytic_macs(model, image_shape)
+    config = {"model": FLAGS.model, "options": options, "image_shape": image_shape,
+              "batch_size": FLAGS.batch_size, "dtype": FLAGS.dtype,
+              "num_batches": FLAGS.num_batches, "burn_in": FLAGS.burn_in,
+              "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": params,
+              "torch_params": twin and twin.params, "forward_flops_per_image": forward_flops}
+    if FLAGS.json:
+        print(json.dumps({"config": config, "results": rows}))
+        return
+    xla = ", ".join(f"{r['mode']} {r['xla_flops'] / 1e9:.3f}" for r in rows
+                    if r["impl"] == "jaxcnn" and r["xla_flops"])
+    print(table(
+        f"{FLAGS.model} {options or ''} {'x'.join(map(str, image_shape))}, batch "
+        f"{FLAGS.batch_size}, {FLAGS.dtype}, {config['device']} ({os.cpu_count()} cores), "
+        f"{FLAGS.num_batches} batches after {FLAGS.burn_in} burn-in\n"
+        f"params {params:,}" + (f" (torch {twin.params:,})" if twin else "") +
+        f"; forward {forward_flops / 2e9:.3f} GMACs = {forward_flops / 1e9:.3f} GFLOP/image "
+        f"(analytic); XLA cost analysis GFLOP/image: {xla or 'n/a'}", rows))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,142 @@
+"""Plain-PyTorch twins of some zoo models (channels_last), to time jaxcnn against oneDNN.
+
+Optional: importing this module needs torch (not a jaxcnn requirement). Only the architectures
+are reproduced (same layers, shapes and parameter counts as `jaxcnn.models`), not the init.
+The timing protocol mirrors `jaxcnn.benchmark`: eval-mode forward under `torch.inference_mode`,
+train-mode forward-backward to the gradients of `sum(logits**2) / 2`, SGD-momentum train step.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from jaxcnn.models.vgg import CFGS, conv_layers
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int, batch_norm: bool, **kwargs) -> list[nn.Module]:
+    conv = nn.Conv2d(cin, cout, k, padding=kwargs.pop("padding", k // 2), **kwargs)
+    return [conv, *([nn.BatchNorm2d(cout, momentum=0.1)] if batch_norm else []), nn.ReLU()]
+
+
+def _classifier(fan_in: int, num_classes: int, dropout: float = 0.5) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(fan_in, 4096), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(4096, num_classes))
+
+
+def vgg(cfg: str, num_classes: int, batch_norm: bool = False) -> nn.Sequential:
+    """`jaxcnn.models.VGG` for a Table-1 configuration without LRN ("A", "B", "C", "D", "E")."""
+    layers, cin = [], 3
+    for c in CFGS[cfg]:
+        if c == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            (width, k), = conv_layers([c])
+            layers += _conv_bn_relu(cin, width, k, batch_norm)
+            cin = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+                         _classifier(cin * 49, num_classes))
+
+
+def alexnet(num_classes: int) -> nn.Sequential:
+    """`jaxcnn.models.AlexNet` (torchvision widths, no LRN, no groups)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.AdaptiveAvgPool2d(6), nn.Flatten(), _classifier(256 * 36, num_classes))
+
+
+def vgg_cifar(num_classes: int) -> nn.Sequential:
+    """`jaxcnn.models.CifarVGG`, the PaddlePaddle CIFAR-10 VGG (32×32 input)."""
+    layers, cin = [], 3
+    for width, rates in ((64, (0.3, 0.0)), (128, (0.4, 0.0)), (256, (0.4, 0.4, 0.0)),
+                         (512, (0.4, 0.4, 0.0)), (512, (0.4, 0.4, 0.0))):
+        for rate in rates:
+            layers += [*_conv_bn_relu(cin, width, 3, batch_norm=True), nn.Dropout(rate)]
+            cin = width
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.5), nn.Linear(512, 512),
+                         nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 512),
+                         nn.Linear(512, num_classes))
+
+
+class _SpatialMean(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def convnet_cifar(num_classes: int, width: int = 64) -> nn.Sequential:
+    """`jaxcnn.models.ConvNetCifar` (24×24 input, even sizes: torch's 2×2 pool equals SAME)."""
+    return nn.Sequential(*_conv_bn_relu(3, width, 5, False), nn.MaxPool2d(2, 2),
+                         *_conv_bn_relu(width, width, 5, False), nn.MaxPool2d(2, 2),
+                         nn.Conv2d(width, num_classes, 5, padding=2), _SpatialMean())
+
+
+BUILDERS = {
+    "alexnet": alexnet,
+    "vgg_cifar": vgg_cifar,
+    "convnet_cifar": convnet_cifar,
+    **{name: (lambda n, cfg=cfg: vgg(cfg, n)) for name, cfg in
+       (("vgg11", "A"), ("vgg13", "B"), ("vgg16c", "C"), ("vgg16", "D"), ("vgg19", "E"))},
+    **{f"{name}_bn": (lambda n, cfg=cfg: vgg(cfg, n, batch_norm=True)) for name, cfg in
+       (("vgg11", "A"), ("vgg13", "B"), ("vgg16c", "C"), ("vgg16", "D"), ("vgg19", "E"))},
+}
+
+
+def create(name: str, num_classes: int) -> nn.Module:
+    if name not in BUILDERS:
+        raise ValueError(f"no PyTorch reference for {name!r}; have: {', '.join(BUILDERS)}")
+    return BUILDERS[name](num_classes).to(memory_format=torch.channels_last)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _step(model: nn.Module, images: torch.Tensor, mode: str, num_classes: int):
+    """One call of `mode`, as a closure over freshly set-up state."""
+    if mode == "forward":
+        model.eval()
+
+        def forward():
+            with torch.inference_mode():
+                return model(images)
+        return forward
+    model.train()
+    params = list(model.parameters())
+    if mode == "forward_backward":
+        return lambda: torch.autograd.grad(0.5 * model(images).square().sum(), params)
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    labels = torch.randint(0, num_classes, (len(images),))
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return train_step
+
+
+def time_mode(model: nn.Module, num_classes: int, image_shape: tuple[int, int, int],
+              batch_size: int, mode: str, burn_in: int, num_batches: int,
+              dtype=torch.float32) -> np.ndarray:
+    """Seconds per call of `mode` on random images stored channels_last; bfloat16 runs under
+    autocast (float32 parameters, bfloat16 compute, like jaxcnn's `dtype`)."""
+    h, w, c = image_shape
+    images = (0.1 * torch.randn(batch_size, c, h, w)).to(memory_format=torch.channels_last)
+    step = _step(model, images, mode, num_classes)
+    durations = []
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        for i in range(burn_in + num_batches):
+            start = time.perf_counter()
+            step()
+            if i >= burn_in:
+                durations.append(time.perf_counter() - start)
+    return np.asarray(durations)

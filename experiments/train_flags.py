@@ -1,0 +1,129 @@
+"""Command-line flags of the training programs and their translation into a `TrainConfig`.
+
+The defaults are the quick start (LeNet-5 on the embedded digits), so a bare
+`python -m experiments.run` trains a real model in about a minute on a CPU.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from absl import flags
+
+from jaxcnn import models
+from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+# Model (options left unset keep each architecture's own default).
+flags.DEFINE_string("model", "lenet5", f"One of: {', '.join(models.names())}.")
+flags.DEFINE_enum("norm", "none", ["none", "batch", "lrn"], "Normalisation in every conv block.")
+flags.DEFINE_string("factorize", "none", "Conv layers made k×1 then 1×k: all, none or e.g. 2,3.")
+flags.DEFINE_string("multi_branch", "none", "Conv layers made parallel 1/3/5/7 convs: all, none or list.")
+flags.DEFINE_float("dropout", 0.5, "Dropout rate of the classifier.")
+flags.DEFINE_float("bn_momentum", 0.9, "Batch-norm moving-average decay.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype (params stay float32).")
+
+# Data.
+flags.DEFINE_string("dataset", "digits", "TFDS name, folder:PATH, or digits (embedded, no download).")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (and manual_dir for imagenet2012).")
+flags.DEFINE_integer("image_size", None, "Input side; default: the model's own.")
+flags.DEFINE_integer("channels", None, "1 or 3; default: the model's own.")
+flags.DEFINE_integer("batch_size", 64, "Global training batch (all devices, all hosts).")
+flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.")
+flags.DEFINE_enum("augment", "none", ["none", "cifar", "random_resized_crop", "scale_jitter"],
+                  "Training augmentation.")
+flags.DEFINE_bool("device_resident", False, "Keep the dataset on the accelerator (MNIST/CIFAR size).")
+
+# Length and bookkeeping.
+flags.DEFINE_float("epochs", 12, "Training epochs (ignored when --steps > 0).")
+flags.DEFINE_integer("steps", 0, "Training steps; overrides --epochs.")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, dropout and data order.")
+flags.DEFINE_string("workdir", "runs/quickstart", "Checkpoints, metrics, TensorBoard logs, figure.")
+flags.DEFINE_integer("log_every", 50, "Steps between train-metric fetches (the only host syncs).")
+flags.DEFINE_float("eval_every_epochs", 1.0, "Epochs between evaluations (and checkpoints).")
+flags.DEFINE_integer("checkpoint_every", 0, "Steps between checkpoints; 0: at every evaluation.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip"], "On a non-finite loss: stop, or skip the update.")
+
+# Optimisation.
+flags.DEFINE_enum("optimizer", "adam", ["sgd", "nesterov", "adam", "adamw"], "Optimizer.")
+flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate (mean-loss convention).")
+flags.DEFINE_float("momentum", 0.9, "Momentum of sgd / nesterov.")
+flags.DEFINE_float("l2", 0.0, "Coupled L2: l2 * w added to the gradient of every kernel.")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW / SGDW), kernels only.")
+flags.DEFINE_enum("schedule", "constant", ["constant", "discexp", "piecewise", "cosine", "linear",
+                                           "plateau"], "Learning-rate schedule.")
+flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.")
+flags.DEFINE_float("discexp_rate", 0.1, "discexp: lr = base * rate ** floor(samples / discexp_samples).")
+flags.DEFINE_integer("discexp_samples", 5_000_000, "discexp: samples between decays.")
+flags.DEFINE_list("boundaries_epochs", [], "piecewise: epochs at which lr /= decay_factor.")
+flags.DEFINE_float("decay_factor", 10.0, "piecewise / plateau divisor.")
+flags.DEFINE_integer("plateau_patience", 5, "plateau: flat epochs before dividing the lr.")
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
+flags.DEFINE_float("grad_clip_norm", 0.0, "Clip gradients to this global norm; 0: off.")
+
+FLAGS = flags.FLAGS
+MODEL_OPTION_FLAGS = ("norm", "factorize", "multi_branch", "dropout", "bn_momentum", "dtype")
+POSITIVE_FLAGS = ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints")
+
+
+def _was_set(name: str) -> bool:
+    return not FLAGS[name].using_default_value
+
+
+def model_options() -> dict:
+    """The model options given on the command line or in a flagfile; others keep model defaults."""
+    options = {name: FLAGS[name].value for name in MODEL_OPTION_FLAGS if _was_set(name)}
+    if "dtype" in options:
+        options["dtype"] = jnp.dtype(options["dtype"])
+    return options
+
+
+def validate() -> None:
+    """Rejects values that cannot mean anything, before any work is done."""
+    for name in POSITIVE_FLAGS:
+        if FLAGS[name].value <= 0:
+            raise ValueError(f"--{name} must be positive, got {FLAGS[name].value}")
+    if FLAGS.learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be positive, got {FLAGS.learning_rate}")
+    if FLAGS.steps < 0 or (FLAGS.steps == 0 and FLAGS.epochs <= 0):
+        raise ValueError("--epochs (or --steps) must be positive")
+    if FLAGS.eval_every_epochs <= 0:
+        raise ValueError(f"--eval_every_epochs must be positive, got {FLAGS.eval_every_epochs}")
+    for name in ("l2", "weight_decay", "label_smoothing", "grad_clip_norm", "warmup_steps"):
+        if FLAGS[name].value < 0:
+            raise ValueError(f"--{name} must not be negative, got {FLAGS[name].value}")
+    if not 0 <= FLAGS.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {FLAGS.dropout}")
+    if FLAGS.image_size is not None and FLAGS.image_size <= 0:
+        raise ValueError(f"--image_size must be positive, got {FLAGS.image_size}")
+    if FLAGS.channels not in (None, 1, 3):
+        raise ValueError(f"--channels must be 1 or 3, got {FLAGS.channels}")
+    if FLAGS.schedule == "piecewise" and not FLAGS.boundaries_epochs:
+        raise ValueError("--schedule=piecewise needs --boundaries_epochs")
+    if FLAGS.boundaries_epochs and FLAGS.schedule != "piecewise":
+        raise ValueError(f"--boundaries_epochs only applies to --schedule=piecewise, "
+                         f"not {FLAGS.schedule}")
+    if FLAGS.optimizer in ("adam", "adamw") and _was_set("momentum"):
+        raise ValueError(f"--momentum does not apply to --optimizer={FLAGS.optimizer}")
+
+
+def config_from_flags() -> TrainConfig:
+    validate()
+    height, width, channels = models.input_shape(FLAGS.model)
+    model = ModelConfig(FLAGS.model, model_options())
+    data = DataConfig(
+        dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=FLAGS.image_size or height,
+        channels=FLAGS.channels or channels, batch_size=FLAGS.batch_size,
+        eval_batch_size=FLAGS.eval_batch_size, augment=FLAGS.augment,
+        device_resident=FLAGS.device_resident, seed=FLAGS.seed)
+    optim = OptimConfig(
+        optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
+        l2=FLAGS.l2, weight_decay=FLAGS.weight_decay, schedule=FLAGS.schedule,
+        warmup_steps=FLAGS.warmup_steps, discexp_rate=FLAGS.discexp_rate,
+        discexp_samples=FLAGS.discexp_samples,
+        boundaries_epochs=tuple(float(e) for e in FLAGS.boundaries_epochs),
+        decay_factor=FLAGS.decay_factor, plateau_patience=FLAGS.plateau_patience,
+        grad_clip_norm=FLAGS.grad_clip_norm, label_smoothing=FLAGS.label_smoothing)
+    return TrainConfig(
+        model=model, data=data, optim=optim, workdir=FLAGS.workdir, epochs=FLAGS.epochs,
+        steps=FLAGS.steps, seed=FLAGS.seed, log_every=FLAGS.log_every,
+        eval_every_epochs=FLAGS.eval_every_epochs, checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints, nan_policy=FLAGS.nan_policy)

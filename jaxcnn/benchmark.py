@@ -1,0 +1,193 @@
+"""The articles' timing protocol (`time_tensorflow_run`) for any model, plus FLOPs and MFU.
+
+Each mode is compiled ahead of time (compile time reported on its own), run `burn_in` times, then
+timed over `num_batches` calls with `block_until_ready` around every call; the images are made
+on the device once, so no host transfer is timed. Modes:
+- forward: eval-mode logits;
+- forward_backward: gradients of the L2 loss `sum(logits**2) / 2` (`tf.nn.l2_loss`) with respect
+  to every parameter, in train mode (dropout, batch statistics), as the articles do;
+- train_step: a full optimiser step, `jaxcnn.train.train_step`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn import optim, train
+from jaxcnn.config import OptimConfig
+
+MODES = ("forward", "forward_backward", "train_step")
+BACKWARD_COST = 3   # model FLOPs of forward + backward = 3 × forward (the backward is two matmuls)
+
+# Dense peak FLOP/s per device for the matmul units XLA uses: bfloat16, and float32, which XLA
+# runs as TF32 on these GPUs by default. Matched on `device_kind`, most specific first.
+PEAK_FLOPS = (
+    ("H100 PCIe", {"bfloat16": 756e12, "float32": 378e12}),
+    ("H100", {"bfloat16": 989e12, "float32": 494e12}),
+    ("H200", {"bfloat16": 989e12, "float32": 494e12}),
+    ("A100", {"bfloat16": 312e12, "float32": 156e12}),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """One mode's result. FLOPs are per image: `model_flops` from the analytic conv/dense count
+    (2 × MACs, × 3 with the backward), `xla_flops` from XLA's cost analysis of the compiled step."""
+    mode: str
+    batch_size: int
+    compile_s: float
+    mean_s: float
+    std_s: float
+    num_batches: int
+    model_flops: float
+    xla_flops: float | None
+    peak_flops: float | None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size / self.mean_s
+
+    @property
+    def tflops(self) -> float:
+        """Achieved model TFLOP/s."""
+        return self.model_flops * self.images_per_s / 1e12
+
+    @property
+    def mfu(self) -> float | None:
+        return None if self.peak_flops is None else self.tflops * 1e12 / self.peak_flops
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "images_per_s": self.images_per_s,
+                "tflops": self.tflops, "mfu": self.mfu}
+
+
+def peak_flops(device: jax.Device, dtype) -> float | None:
+    """The device's dense peak FLOP/s for `dtype`, or None where unknown (CPUs)."""
+    for kind, peaks in PEAK_FLOPS:
+        if kind in device.device_kind:
+            return peaks.get(jnp.dtype(dtype).name)
+    return None
+
+
+def analytic_macs(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one image's forward pass through every `nn.Conv` and `nn.Dense`,
+    from the shapes the layers see (the convention behind VGG16's 15.47 G, AlexNet's 0.714 G)."""
+    macs = 0
+
+    def count(next_fun, args, kwargs, context):
+        nonlocal macs
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and isinstance(context.module, (nn.Conv, nn.Dense)):
+            module, fan_in = context.module, args[0].shape[-1]
+            if isinstance(module, nn.Conv):
+                fan_in = fan_in // module.feature_group_count * math.prod(module.kernel_size)
+            macs += math.prod(out.shape) * fan_in
+        return out
+
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    with nn.intercept_methods(count):
+        jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), x)
+    return macs
+
+
+def l2_loss(logits: jax.Array) -> jax.Array:
+    """`tf.nn.l2_loss`: the articles' objective for the forward-backward timing."""
+    return 0.5 * jnp.sum(jnp.square(logits.astype(jnp.float32)))
+
+
+def forward(model: nn.Module) -> Callable:
+    """(variables, images) -> eval-mode logits."""
+    return lambda variables, images: model.apply(variables, images)
+
+
+def forward_backward(model: nn.Module) -> Callable:
+    """(variables, images) -> gradients of `l2_loss` with respect to every parameter (train mode)."""
+
+    def grads(variables, images):
+        def loss(params):
+            logits, _ = model.apply({**variables, "params": params}, images, train=True,
+                                    rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+            return l2_loss(logits)
+
+        return jax.grad(loss)(variables["params"])
+
+    return grads
+
+
+def time_calls(step: Callable, args: tuple, burn_in: int, num_batches: int,
+               carry_state: bool = False) -> np.ndarray:
+    """Seconds of each of `num_batches` calls of `step(*args)` after `burn_in` untimed ones.
+
+    With `carry_state`, the step returns `(state, ...)` and `state` replaces `args[0]` (a train step).
+    """
+    durations = []
+    for i in range(burn_in + num_batches):
+        start = time.perf_counter()
+        out = jax.block_until_ready(step(*args))
+        if i >= burn_in:
+            durations.append(time.perf_counter() - start)
+        if carry_state:
+            args = (out[0], *args[1:])
+    return np.asarray(durations)
+
+
+def compile_step(fn: Callable, args: tuple) -> tuple[Callable, float, float | None]:
+    """`fn` jitted and compiled for `args`: (compiled, trace+lower+compile seconds, XLA FLOPs)."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):     # older jaxlibs: one dict per computation
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return compiled, seconds, flops if flops and flops > 0 else None
+
+
+def train_step_and_args(model: nn.Module, images: jax.Array, seed: int = 0) -> tuple[Callable, tuple]:
+    """`jaxcnn.train.train_step` with its (state, batch) arguments: SGD with momentum 0.9 at a
+    constant learning rate (the `OptimConfig` defaults), random labels."""
+    cfg = OptimConfig()
+    schedule = optim.learning_rate_schedule(cfg, steps_per_epoch=1, global_batch=len(images),
+                                            total_steps=1)
+    tx = optim.create_optimizer(cfg, schedule, steps_per_epoch=1)
+    state_key, label_key = jax.random.split(jax.random.key(seed))
+    state = train.create_train_state(state_key, model, images.shape[1:], tx, schedule)
+    labels = jax.random.randint(label_key, (len(images),), 0, model.num_classes)
+    return train.train_step, (state, {"image": images, "label": labels})
+
+
+def run(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int,
+        modes=("forward", "forward_backward"), burn_in: int = 10, num_batches: int = 100,
+        seed: int = 0, input_dtype=jnp.float32) -> list[Timing]:
+    """Times `modes` of `model` on random (batch_size, *image_shape) images, one `Timing` each."""
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise ValueError(f"unknown modes {unknown}; valid: {', '.join(MODES)}")
+    image_key, init_key = jax.random.split(jax.random.key(seed))
+    images = jax.jit(lambda k: 0.1 * jax.random.normal(k, (batch_size, *image_shape), input_dtype)
+                     )(image_key)
+    variables = jax.jit(model.init)(init_key, images[:1])
+    macs = analytic_macs(model, image_shape)
+    dtype = getattr(model, "dtype", jnp.float32)
+    peak = peak_flops(images.devices().pop(), dtype)
+    results = []
+    for mode in modes:
+        if mode == "train_step":
+            fn, args = train_step_and_args(model, images, seed)
+        else:
+            fn, args = (forward if mode == "forward" else forward_backward)(model), (variables, images)
+        compiled, compile_s, xla_flops = compile_step(fn, args)
+        seconds = time_calls(compiled, args, burn_in, num_batches, carry_state=mode == "train_step")
+        results.append(Timing(
+            mode=mode, batch_size=batch_size, compile_s=compile_s, mean_s=float(seconds.mean()),
+            std_s=float(seconds.std()), num_batches=num_batches,
+            model_flops=2 * macs * (1 if mode == "forward" else BACKWARD_COST),
+            xla_flops=None if xla_flops is None else xla_flops / batch_size, peak_flops=peak))
+    return results

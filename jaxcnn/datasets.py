@@ -1,0 +1,282 @@
+"""Data sources: which datasets exist, their classes and sizes, per-host slices and normalisation.
+
+Three kinds of source, all giving uint8 images with the channel count the model takes:
+* TFDS names, read with tensorflow_datasets (images stay encoded until the pipeline decodes them);
+* "folder:PATH", class sub-folders of JPEG/PNG files read with tf.io (`PATH/train/<class>/*` and
+  `PATH/test/<class>/*`; without `test/`, a fixed 10% of each training class is held out);
+* "digits", scikit-learn's bundled 8x8 digits held in numpy: the quick start needs no download and no
+  TensorFlow.
+TensorFlow is imported only by the first two, and kept off the accelerators.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from jaxcnn.config import DataConfig
+
+# TFDS name -> (train split, test split). cats_vs_dogs ships only "train": its last 10% is the test.
+TFDS_SPLITS = {
+    "mnist": ("train", "test"),
+    "fashion_mnist": ("train", "test"),
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "cats_vs_dogs": ("train[:90%]", "train[90%:]"),
+    "imagenette": ("train", "validation"),
+    "imagenet2012": ("train", "validation"),
+}
+DIGITS = "digits"
+FOLDER_PREFIX = "folder:"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+FOLDER_TEST_FRACTION = 0.1
+DIGITS_NUM_TEST = 300        # of 1,797: a fixed seeded permutation leaves 1,497 for training
+SPLIT_SEED = 0               # fixed seed of the held-out splits: independent of the run's seed
+
+_IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Per-channel mean / std in [0, 1] units, in the dataset's own channel count: the usual published
+# figures. Photos of unknown statistics (cats_vs_dogs, imagenette, folders) use ImageNet's.
+MEAN_STD = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cats_vs_dogs": _IMAGENET_MEAN_STD,
+    "imagenette": _IMAGENET_MEAN_STD,
+    "imagenet2012": _IMAGENET_MEAN_STD,
+}
+_LUMA = (0.2989, 0.5870, 0.1140)   # tf.image.rgb_to_grayscale's weights
+
+
+class DatasetInfo(NamedTuple):
+    num_classes: int
+    class_names: list[str]
+    num_train: int
+    num_test: int
+
+
+class Host(NamedTuple):
+    """This process's place among the processes reading the data (jax.process_index / count)."""
+    index: int = 0
+    count: int = 1
+
+
+class TFSource(NamedTuple):
+    """One host's slice of a split as tf.data: `dataset(shuffle_seed)` yields (key, label) pairs that
+    `read(key)` turns into uint8 [h, w, channels] images; keys are cheap to shuffle (encoded bytes or
+    file paths). `shuffle_buffer`: None for "use the configured one", else the whole slice."""
+    dataset: Callable
+    read: Callable
+    shuffle_buffer: int | None
+
+
+def names() -> list[str]:
+    return [*TFDS_SPLITS, FOLDER_PREFIX + "PATH", DIGITS]
+
+
+def check_name(name: str) -> None:
+    if name not in TFDS_SPLITS and name != DIGITS and not name.startswith(FOLDER_PREFIX):
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(names())}")
+
+
+def host_slice(n: int, host: Host, drop_remainder: bool) -> slice:
+    """Contiguous slice of host.index of n examples, like `tfds.even_splits`: equal sizes when
+    dropping the remainder, else the first n % count hosts get one more."""
+    if drop_remainder:
+        size = n // host.count
+        return slice(host.index * size, (host.index + 1) * size)
+    size, extra = divmod(n, host.count)
+    start = host.index * size + min(host.index, extra)
+    return slice(start, start + size + (host.index < extra))
+
+
+@functools.cache
+def import_tf():
+    """TensorFlow, imported on first use and hidden from the GPUs (JAX owns the accelerators)."""
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    check_name(cfg.dataset)
+    if cfg.dataset == DIGITS:
+        return DatasetInfo(10, [str(d) for d in range(10)], 1797 - DIGITS_NUM_TEST, DIGITS_NUM_TEST)
+    if cfg.dataset.startswith(FOLDER_PREFIX):
+        files = _folder_files(cfg.dataset[len(FOLDER_PREFIX):])
+        return DatasetInfo(len(files.class_names), list(files.class_names),
+                           len(files.train[0]), len(files.test[0]))
+    builder = _tfds_builder(cfg)
+    label = builder.info.features["label"]
+    train, test = TFDS_SPLITS[cfg.dataset]
+    return DatasetInfo(label.num_classes, list(label.names),
+                       _tfds_split_size(builder, train), _tfds_split_size(builder, test))
+
+
+def normalization(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) in [0, 1] units for cfg.channels channels. Known datasets use the
+    published figures, digits its own training statistics, folders ImageNet's. Gray from RGB takes
+    the luma-weighted mean, and the same weighting of the stds (exact only for perfectly correlated
+    channels: near enough for photos)."""
+    if cfg.dataset == DIGITS:
+        images, _ = digits_arrays("train", cfg.image_size, 1)
+        mean, std = (images.mean() / 255,), (images.std() / 255,)
+    else:
+        mean, std = MEAN_STD.get(cfg.dataset, _IMAGENET_MEAN_STD)
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if len(mean) != cfg.channels:
+        mean, std = ((np.repeat(mean, 3), np.repeat(std, 3)) if cfg.channels == 3
+                     else (np.asarray(_LUMA, np.float32) @ mean[:, None],
+                           np.asarray(_LUMA, np.float32) @ std[:, None]))
+    return mean, std
+
+
+# --- digits: numpy only -------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def digits_arrays(split: str, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [n, image_size, image_size, channels] images and int32 labels of scikit-learn's digits
+    (values 0..16 scaled to 0..255, bilinearly upsampled). The test split is the first 300 of a
+    permutation seeded with SPLIT_SEED, the training split the other 1,497, in permuted order."""
+    import jax
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(digits.target))
+    order = order[:DIGITS_NUM_TEST] if split == "test" else order[DIGITS_NUM_TEST:]
+    images = digits.images[order, :, :, None].astype(np.float32) * (255 / 16)
+    images = jax.image.resize(images, (len(order), image_size, image_size, 1), "linear")
+    images = np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)
+    return np.repeat(images, channels, axis=-1), digits.target[order].astype(np.int32)
+
+
+# --- TFDS ---------------------------------------------------------------------------------------
+
+def _tfds_builder(cfg: DataConfig):
+    import_tf()
+    import tensorflow_datasets as tfds
+    return tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
+
+
+def _tfds_read(builder, split, shuffle_seed: int | None = None):
+    """(encoded image, label) pairs; a clear error when the data was never downloaded."""
+    import tensorflow_datasets as tfds
+    try:
+        return builder.as_dataset(
+            split=split, shuffle_files=shuffle_seed is not None, as_supervised=True,
+            read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
+            decoders={"image": tfds.decode.SkipDecoding()})
+    except AssertionError as e:   # TFDS asserts when it "could not find data"
+        name = builder.name
+        manual = (f"put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
+                  f"{builder.data_dir_root}/downloads/manual, then " if name == "imagenet2012" else "")
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared under {builder.data_dir_root} and there is no "
+            f"network here: {manual}run `tfds build {name} --data_dir={builder.data_dir_root}` "
+            f"(on a machine with network, then copy the directory) or set DataConfig.data_dir to "
+            f"where it is prepared") from e
+
+
+def _tfds_split_size(builder, split: str) -> int:
+    if builder.info.splits:
+        return builder.info.splits[split].num_examples
+    # No split metadata: not prepared (reading raises the clear error) or mocked in tests: count.
+    return int(_tfds_read(builder, split).reduce(0, lambda n, _: n + 1))
+
+
+def _decode(tf, encoded, channels: int):
+    return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+
+
+def _tfds_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:
+    import tensorflow_datasets as tfds
+    tf = import_tf()
+    builder = _tfds_builder(cfg)
+    host_split = tfds.even_splits(split, n=host.count, drop_remainder=drop_remainder)[host.index]
+    return TFSource(functools.partial(_tfds_read, builder, host_split),
+                    lambda encoded: _decode(tf, encoded, cfg.channels), None)
+
+
+# --- folders ------------------------------------------------------------------------------------
+
+class FolderFiles(NamedTuple):
+    class_names: tuple[str, ...]
+    train: tuple[np.ndarray, np.ndarray]   # (paths, int32 labels), in a fixed shuffled order
+    test: tuple[np.ndarray, np.ndarray]
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_files(root: str) -> FolderFiles:
+    """Lists `root/train/<class>/*.{jpg,jpeg,png}` and `root/test/<class>/...` (class names: the
+    sorted train sub-folder names; other files are ignored). Without `root/test`, the first 10%
+    (rounded down) of a seeded permutation of each class is the test split. Each split is put in a
+    fixed shuffled order so that contiguous host slices hold all classes."""
+    gfile = import_tf().io.gfile
+    train_dir, test_dir = f"{root}/train", f"{root}/test"
+    if not gfile.isdir(train_dir):
+        raise FileNotFoundError(f"folder dataset {root!r}: no {train_dir!r}; expected "
+                                f"{root}/train/<class>/*.jpg|png and optionally {root}/test/<class>/")
+    class_names = tuple(sorted(d.rstrip("/") for d in gfile.listdir(train_dir)
+                               if gfile.isdir(f"{train_dir}/{d}")))
+    if not class_names:
+        raise ValueError(f"folder dataset {root!r}: {train_dir!r} has no class sub-folders")
+    train = [_list_images(gfile, f"{train_dir}/{c}") for c in class_names]
+    if gfile.isdir(test_dir):
+        extra = sorted({d.rstrip("/") for d in gfile.listdir(test_dir)} - set(class_names))
+        if extra:
+            raise ValueError(f"folder dataset {root!r}: test classes {extra} are not in {train_dir!r}")
+        test = [_list_images(gfile, f"{test_dir}/{c}", required=False) for c in class_names]
+    else:
+        train, test = zip(*(_hold_out(files, seed=i) for i, files in enumerate(train)))
+    return FolderFiles(class_names, _shuffled_split(train), _shuffled_split(test))
+
+
+def _hold_out(files: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """(train, test) of one class's files: test is a seeded FOLDER_TEST_FRACTION of them."""
+    order = np.random.default_rng([SPLIT_SEED, seed]).permutation(len(files))
+    num_test = int(len(files) * FOLDER_TEST_FRACTION)
+    return ([files[j] for j in sorted(order[num_test:])], [files[j] for j in sorted(order[:num_test])])
+
+
+def _list_images(gfile, directory: str, required: bool = True) -> list[str]:
+    files = sorted(f"{directory}/{f}" for f in gfile.listdir(directory)
+                   if f.lower().endswith(IMAGE_EXTENSIONS)) if gfile.isdir(directory) else []
+    if required and not files:
+        raise ValueError(f"folder dataset: no {'/'.join(IMAGE_EXTENSIONS)} files in {directory!r}")
+    return files
+
+
+def _shuffled_split(per_class: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    paths = np.array([f for files in per_class for f in files], dtype=object)
+    labels = np.concatenate([np.full(len(files), i, np.int32) for i, files in enumerate(per_class)])
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(paths))
+    return paths[order].astype(str), labels[order]
+
+
+def _read_image_file(tf, path, channels: int):
+    """Decodes a JPEG/PNG file; a file with neither signature fails naming it (tf.data errors
+    otherwise do not say which file). Broken files are not skipped: the splits keep their sizes."""
+    contents = tf.io.read_file(path)
+    signature_ok = tf.logical_or(tf.image.is_jpeg(contents),
+                                 tf.strings.substr(contents, 0, 4) == b"\x89PNG")
+    with tf.control_dependencies([tf.debugging.Assert(signature_ok, ["not a JPEG/PNG file:", path])]):
+        return _decode(tf, contents, channels)
+
+
+def _folder_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:
+    tf = import_tf()
+    files = _folder_files(cfg.dataset[len(FOLDER_PREFIX):])
+    paths, labels = files.train if split == "train" else files.test
+    part = host_slice(len(paths), host, drop_remainder)
+    paths, labels = paths[part], labels[part]
+    return TFSource(lambda shuffle_seed=None: tf.data.Dataset.from_tensor_slices((paths, labels)),
+                    lambda path: _read_image_file(tf, path, cfg.channels), max(len(paths), 1))
+
+
+def tf_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:
+    """The tf.data source of host's slice of split ("train" or "test") of a TFDS or folder dataset."""
+    check_name(cfg.dataset)
+    if cfg.dataset.startswith(FOLDER_PREFIX):
+        return _folder_source(cfg, split, host, drop_remainder)
+    return _tfds_source(cfg, TFDS_SPLITS[cfg.dataset][split == "test"], host, drop_remainder)

@@ -1,0 +1,90 @@
+"""Train state and the pure train / eval steps. Read top to bottom; no I/O, no global state.
+
+Both steps are ordinary single-device functions: jitted over a device mesh with the batch sharded
+on its "data" axis (`jaxcnn.parallel`), XLA turns them into a data-parallel program whose batch-norm
+statistics and gradients are over the global batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+from jaxcnn import optim
+
+
+class TrainState(train_state.TrainState):
+    """params, opt_state and step (from flax), plus BN statistics and the dropout key."""
+    batch_stats: Any = None
+    rng: jax.Array = None
+    lr_fn: Callable = struct.field(pytree_node=False, default=None)
+
+
+def create_train_state(rng: jax.Array, model: nn.Module, input_shape: tuple[int, ...],
+                       tx: optax.GradientTransformation, lr_fn: Callable) -> TrainState:
+    """Initialises the model on a dummy batch of one `input_shape` (H, W, C) image."""
+    init_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros((1, *input_shape), jnp.float32))
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}), rng=dropout_rng,
+                             lr_fn=lr_fn)
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def correct_topk(logits, labels, k: int):
+    """1.0 where the label is among the k largest logits."""
+    k = min(k, logits.shape[-1])
+    return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0
+               ) -> tuple[TrainState, dict]:
+    """One SGD step on the global batch. A non-finite loss or gradient leaves the state unchanged;
+    `nonfinite` in the metrics reports it, so the caller decides whether to stop or go on."""
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+        return loss, (logits, updates.get("batch_stats", {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    keep_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_finite(optax.apply_updates(state.params, updates), state.params),
+        opt_state=keep_finite(opt_state, state.opt_state),
+        batch_stats=keep_finite(batch_stats, state.batch_stats))
+    metrics = {
+        "loss": loss, "top1": jnp.mean(correct_topk(logits, batch["label"], 1)),
+        "top5": jnp.mean(correct_topk(logits, batch["label"], 5)),
+        "learning_rate": optim.current_learning_rate(state.lr_fn, state.opt_state, state.step),
+        "nonfinite": (~finite).astype(jnp.int32),
+        # First step whose update was dropped (int32 max when none): survives summing as a min.
+        "first_nonfinite_step": jnp.where(finite, jnp.iinfo(jnp.int32).max, state.step),
+    }
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict) -> dict:
+    """Sums over the real (mask > 0) examples of the batch; padding contributes nothing."""
+    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                            batch["image"], train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+            "top1": jnp.sum(correct_topk(logits, batch["label"], 1) * mask),
+            "top5": jnp.sum(correct_topk(logits, batch["label"], 5) * mask),
+            "count": jnp.sum(mask)}

@@ -1,0 +1,170 @@
+"""The training loop: mesh, input, model, shard, update, checkpoint, eval — one section each.
+
+`train_and_evaluate(config)` is all a caller needs; `experiments/run.py` turns flags into the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from jaxcnn import checkpoint, input_pipeline, models, optim, parallel, train
+from jaxcnn.config import TrainConfig
+from jaxcnn.metric_writers import MetricWriter
+from jaxcnn.plot import plot_curves
+
+NAN_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def merge_metrics(total: dict, new: dict) -> dict:
+    """Accumulates per-step metrics on the device (a min for the first bad step, sums otherwise)."""
+    return {k: jnp.minimum(total[k], v) if k == "first_nonfinite_step" else total[k] + v
+            for k, v in new.items()}
+
+
+@dataclasses.dataclass
+class Schedule:
+    """Step counts derived from the config and the dataset size."""
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, steps_per_epoch: int) -> "Schedule":
+        if steps_per_epoch < 1:
+            raise ValueError(f"batch_size={cfg.data.batch_size} is larger than the training set")
+        total = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+        eval_every = max(1, round(cfg.eval_every_epochs * steps_per_epoch))
+        return cls(steps_per_epoch, total, eval_every, cfg.checkpoint_every or eval_every)
+
+
+def evaluate(eval_step: Callable, state: train.TrainState, cfg: TrainConfig, sharding) -> dict:
+    """Mean loss and top-1/top-5 accuracy over every test example exactly once."""
+    sums = None
+    for batch in input_pipeline.eval_batches(cfg.data, sharding):
+        out = eval_step(state, batch)
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    count = float(sums.pop("count"))
+    return {**{k: float(v) / count for k, v in sums.items()}, "count": count}
+
+
+def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambda: False
+                       ) -> tuple[train.TrainState, dict]:
+    """Trains `cfg.model` on `cfg.data`, resuming from the latest checkpoint in `cfg.workdir`.
+
+    should_stop: polled once per step (no device sync); when it returns True the current state is
+    checkpointed and the function returns early with {"preempted": True, ...}.
+    Returns the final state and the last test metrics.
+    """
+    if cfg.nan_policy not in NAN_POLICIES:
+        raise ValueError(f"unknown nan_policy {cfg.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
+    os.makedirs(cfg.workdir, exist_ok=True)
+
+    # --- Mesh: every device of every process on one "data" axis.
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(cfg.data.batch_size, mesh)
+    parallel.check_batch_size(cfg.data.eval_batch_size, mesh, "eval_batch_size")
+    data_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+
+    # --- Input.
+    info = input_pipeline.dataset_info(cfg.data)
+    sched = Schedule.create(cfg, input_pipeline.steps_per_epoch(cfg.data, data_sharding))
+
+    # --- Model and optimiser.
+    model = models.create(cfg.model.name, info.num_classes, **cfg.model.options)
+    input_shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
+    lr_fn = optim.learning_rate_schedule(cfg.optim, sched.steps_per_epoch, cfg.data.batch_size,
+                                         sched.total_steps)
+    tx = optim.create_optimizer(cfg.optim, lr_fn, sched.steps_per_epoch)
+
+    # --- Shard: the state is created replicated on every device by one jitted init.
+    init = functools.partial(train.create_train_state, model=model, input_shape=input_shape,
+                             tx=tx, lr_fn=lr_fn)
+    state = jax.jit(init, out_shardings=replicated)(jax.random.key(cfg.seed))
+
+    # --- Checkpoint: resume from the latest one in the workdir.
+    meta = {"model": cfg.model.name, "model_options": {k: repr(v) for k, v in
+                                                       sorted(cfg.model.options.items())},
+            "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "input_shape": list(input_shape), "dataset": cfg.data.dataset}
+    ckpt = checkpoint.Checkpointer(os.path.join(cfg.workdir, "checkpoints"),
+                                   cfg.keep_checkpoints, meta)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(checkpoint.abstract_like(state))
+        logging.info("resumed from step %d of %s", int(state.step), ckpt.directory)
+    start_step = int(jax.device_get(state.step))
+
+    # --- Update: one jitted, donated step over the mesh.
+    train_step = jax.jit(functools.partial(train.train_step,
+                                           label_smoothing=cfg.optim.label_smoothing),
+                         in_shardings=(replicated, data_sharding),
+                         out_shardings=(replicated, replicated), donate_argnums=0)
+    eval_step = jax.jit(train.eval_step, in_shardings=(replicated, data_sharding),
+                        out_shardings=replicated)
+    merge = jax.jit(merge_metrics, donate_argnums=0)
+
+    writer = MetricWriter(cfg.workdir, sched.total_steps)
+    batches = input_pipeline.train_batches(cfg.data, data_sharding, start_step=start_step)
+    logging.info("%s on %s: %d steps (%d per epoch), global batch %d on %d devices",
+                 cfg.model.name, cfg.data.dataset, sched.total_steps, sched.steps_per_epoch,
+                 cfg.data.batch_size, mesh.devices.size)
+
+    def flush_train_metrics(acc, step, n_steps, seconds):
+        acc = jax.device_get(acc)
+        if acc["nonfinite"] > 0:
+            first = int(acc["first_nonfinite_step"])
+            if cfg.nan_policy == "stop":
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient at step {first}; stopped with the last good "
+                    f"checkpoint (step {ckpt.latest_step()}) kept in {ckpt.directory}")
+            logging.warning("skipped %d non-finite updates (first at step %d)",
+                            int(acc["nonfinite"]), first)
+        means = {k: float(acc[k]) / n_steps for k in ("loss", "top1", "top5", "learning_rate")}
+        means["images_per_s"] = n_steps * cfg.data.batch_size / seconds
+        writer.write("train", step, step / sched.steps_per_epoch, means)
+
+    result: dict = {}
+    acc, acc_steps, tick = None, 0, time.perf_counter()
+    try:
+        for step in range(start_step + 1, sched.total_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            acc = metrics if acc is None else merge(acc, metrics)
+            acc_steps += 1
+            last = step == sched.total_steps
+            if step % cfg.log_every == 0 or last or step % sched.eval_every == 0:
+                flush_train_metrics(acc, step, acc_steps, time.perf_counter() - tick)
+                acc, acc_steps = None, 0
+            if step % sched.eval_every == 0 or last:
+                result = evaluate(eval_step, state, cfg, data_sharding)
+                writer.write("test", step, step / sched.steps_per_epoch,
+                             {k: v for k, v in result.items() if k != "count"})
+            if step % sched.checkpoint_every == 0 or step % sched.eval_every == 0 or last:
+                ckpt.save(state)
+            if should_stop():
+                ckpt.save(state)
+                logging.warning("stop requested: saved step %d to %s", step, ckpt.directory)
+                return state, {**result, "preempted": True, "step": step}
+            if acc_steps == 0:
+                tick = time.perf_counter()
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    if not result:   # resumed a run that had already finished
+        result = evaluate(eval_step, state, cfg, data_sharding)
+    if cfg.plot and jax.process_index() == 0:
+        logging.info("figure: %s", plot_curves(cfg.workdir))
+    return state, {**result, "step": sched.total_steps}

@@ -1,0 +1,85 @@
+"""The benchmark protocol: runs without TensorFlow, counts FLOPs right, prints parseable JSON."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax.numpy as jnp
+import pytest
+
+from jaxcnn import benchmark, models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_VGG = dict(cfg=(4, "M", 8, "M"), head=(16,), pool_to=(2, 2))
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_benchmark_runs_without_tensorflow():
+    result = _python(f"""
+        import sys
+        sys.modules["tensorflow"] = None          # any `import tensorflow` now raises
+        from jaxcnn import benchmark, models
+        model = models.create("vgg11", 5, **{TINY_VGG!r})
+        timings = benchmark.run(model, (8, 8, 3), batch_size=2, modes=benchmark.MODES,
+                                burn_in=1, num_batches=2)
+        assert [t.mode for t in timings] == list(benchmark.MODES)
+        assert all(t.mean_s > 0 and t.images_per_s > 0 for t in timings)
+        assert "tensorflow" not in [m.split(".")[0] for m in sys.modules if sys.modules[m]]
+        print("ok")
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("name, gmacs", [("vgg16", 15.47), ("alexnet", 0.714)])
+def test_analytic_macs_match_the_published_counts(name, gmacs):
+    macs = benchmark.analytic_macs(models.create(name), (224, 224, 3))
+    assert macs / 1e9 == pytest.approx(gmacs, rel=5e-3)
+
+
+def test_factorize_changes_the_analytic_count_as_the_shapes_say():
+    def gmacs(name, factorize, shape):
+        return benchmark.analytic_macs(models.create(name, factorize=factorize), shape) / 1e9
+
+    assert gmacs("vgg16", "all", (224, 224, 3)) == pytest.approx(11.867, rel=1e-3)
+    # convnet_cifar conv2 (64→64, 5×5 → 5×1 + 1×5 at 12×12): 2.5× fewer MACs in that layer...
+    saved = gmacs("convnet_cifar", "none", (24, 24, 3)) - gmacs("convnet_cifar", "2", (24, 24, 3))
+    assert saved == pytest.approx(12 * 12 * 64 * 64 * 15 / 1e9, rel=1e-6)
+    # ...but factorising conv1 (3→64) makes it 4.5× larger: its 1×5 half is 64 channels wide.
+    assert gmacs("convnet_cifar", "all", (24, 24, 3)) > gmacs("convnet_cifar", "none", (24, 24, 3))
+
+
+def test_xla_flops_cross_check_the_analytic_count():
+    timing, = benchmark.run(models.create("vgg11", 5, **TINY_VGG), (8, 8, 3), batch_size=2,
+                            modes=["forward"], burn_in=0, num_batches=1)
+    # XLA skips the taps that fall on padding and adds the elementwise ops: close, not equal.
+    assert timing.xla_flops == pytest.approx(timing.model_flops, rel=0.5)
+
+
+def test_peak_flops_table():
+    class Device:
+        def __init__(self, kind):
+            self.device_kind = kind
+
+    assert benchmark.peak_flops(Device("NVIDIA H100 80GB HBM3"), jnp.bfloat16) == 989e12
+    assert benchmark.peak_flops(Device("NVIDIA H100 PCIe"), jnp.float32) == 378e12
+    assert benchmark.peak_flops(Device("cpu"), jnp.float32) is None
+
+
+def test_cli_json_parses():
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", "--model=convnet_cifar", "--num_classes=5",
+         "--batch_size=2", "--image_size=8", "--num_batches=2", "--burn_in=1", "--json",
+         "--modes=forward,forward_backward", "--notorch"],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [r["mode"] for r in out["results"]] == ["forward", "forward_backward"]
+    assert out["config"]["params"] > 0 and out["results"][0]["images_per_s"] > 0

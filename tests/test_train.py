@@ -1,0 +1,169 @@
+"""The train step, data parallelism over 8 fake CPU devices, and whole runs of the training loop."""
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxcnn import models, train, trainer
+from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_state(model, shape=(8, 8, 3), lr=0.1):
+    tx = optax.sgd(lr, momentum=0.9)
+    init = functools.partial(train.create_train_state, model=model, input_shape=shape, tx=tx,
+                             lr_fn=optax.constant_schedule(lr))
+    return jax.jit(init)(jax.random.key(0))
+
+
+def test_loss_falls_on_a_fixed_batch():
+    model = models.create("convnet_cifar", 4, width=8, norm="batch")
+    state = small_state(model, lr=0.05)
+    batch = {"image": jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
+             "label": jnp.arange(16) % 4}
+    step = jax.jit(train.train_step)
+    losses = []
+    for _ in range(15):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.5 * losses[0]
+    assert int(state.step) == 15 and float(metrics["learning_rate"]) == pytest.approx(0.05)
+
+
+def test_topk_accuracy_and_masked_eval_against_numpy():
+    logits = jnp.array([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
+    labels = jnp.array([2, 0, 0])
+    np.testing.assert_array_equal(train.correct_topk(logits, labels, 1), [0, 1, 0])
+    np.testing.assert_array_equal(train.correct_topk(logits, labels, 2), [1, 1, 0])
+    model = models.create("convnet_cifar", 3, width=4)
+    state = small_state(model)
+    images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    batch = {"image": images, "label": jnp.array([0, 1, 2, 0]), "mask": jnp.array([1, 1, 1, 0])}
+    sums = train.eval_step(state, batch)
+    logits = model.apply({"params": state.params}, images[:3])
+    expected_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"][:3]).sum()
+    assert float(sums["count"]) == 3
+    np.testing.assert_allclose(sums["loss"], expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(sums["top1"], np.sum(np.argmax(logits, -1) == np.arange(3)))
+
+
+def test_nonfinite_update_is_dropped_and_reported():
+    model = models.create("convnet_cifar", 2, width=4)
+    state = small_state(model)
+    batch = {"image": jnp.full((2, 8, 8, 3), jnp.nan), "label": jnp.array([0, 1])}
+    new_state, metrics = jax.jit(train.train_step)(state, batch)
+    assert int(metrics["nonfinite"]) == 1 and int(metrics["first_nonfinite_step"]) == 0
+    jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
+    assert int(new_state.step) == 1
+
+
+def test_step_on_8_devices_equals_step_on_1_device():
+    assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+    model = models.create("convnet_cifar", 4, width=8, norm="batch", dropout=0.0)
+    batch = {"image": jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
+             "label": jnp.arange(16) % 4}
+
+    def run(devices):
+        mesh = Mesh(np.array(devices), ("data",))
+        replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        step = jax.jit(train.train_step, in_shardings=(replicated, data),
+                       out_shardings=(replicated, replicated))
+        state = jax.device_put(small_state(model), replicated)
+        sharded = jax.device_put(batch, data)
+        for _ in range(3):
+            state, metrics = step(state, sharded)
+        assert len(state.params["conv1"]["conv"]["kernel"].sharding.device_set) == len(devices)
+        return jax.device_get((state.params, state.batch_stats, metrics))
+
+    one, eight = run(jax.devices()[:1]), run(jax.devices())
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), one, eight)
+
+
+# ---- whole runs: the quick-start data (digits) and LeNet-5, a few steps each -------------------
+
+def quick_config(workdir, **overrides):
+    cfg = TrainConfig(
+        model=ModelConfig("lenet5", {"dropout": 0.5}),
+        data=DataConfig(dataset="digits", image_size=32, channels=1, batch_size=32,
+                        eval_batch_size=64),
+        optim=OptimConfig(optimizer="sgd", learning_rate=0.05), workdir=str(workdir),
+        steps=40, log_every=10, eval_every_epochs=0.5, keep_checkpoints=2, plot=True)
+    return dataclasses.replace(cfg, **overrides)
+
+
+def test_run_trains_evaluates_every_example_and_writes_its_workdir(tmp_path):
+    state, result = trainer.train_and_evaluate(quick_config(tmp_path, steps=120))
+    assert result["count"] == 300                      # 300 test digits, eval batch 64: padded
+    assert result["top1"] > 0.8 and int(state.step) == 120
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    train_losses = [r["loss"] for r in rows if r["split"] == "train"]
+    assert train_losses[-1] < train_losses[0]
+    assert {"learning_rate", "images_per_s", "top5"} <= set(rows[0])
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["115", "120"]   # keep 2
+    assert os.listdir(tmp_path / "tensorboard") and (tmp_path / "curves.png").stat().st_size > 0
+
+
+def run_cli(*args, check=True, env=None):
+    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=check, timeout=300)
+
+
+def saved_state(workdir, step):
+    """The arrays of a checkpoint, PRNG keys as their raw data."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    return jax.tree.map(lambda a: jax.random.key_data(a) if jax.dtypes.issubdtype(
+        a.dtype, jax.dtypes.prng_key) else a, ocp.StandardCheckpointer().restore(path))
+
+
+def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path):
+    optim = OptimConfig(optimizer="nesterov", learning_rate=0.05)
+    straight = quick_config(tmp_path / "straight", steps=6, checkpoint_every=3, optim=optim)
+    trainer.train_and_evaluate(straight)
+    trainer.train_and_evaluate(quick_config(tmp_path / "resumed", steps=3, optim=optim))
+    # The second half in a new process, through the command line, with the same settings.
+    out = run_cli("--model=lenet5", "--dropout=0.5", "--batch_size=32", "--eval_batch_size=64",
+                  "--optimizer=nesterov", "--learning_rate=0.05", "--eval_every_epochs=0.5",
+                  "--log_every=10", "--keep_checkpoints=2", "--steps=6",
+                  f"--workdir={tmp_path / 'resumed'}")
+    assert "resumed from step 3" in out.stderr
+    a, b = saved_state(tmp_path / "straight", 6), saved_state(tmp_path / "resumed", 6)
+    assert a["step"] == b["step"] == 6
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_absurd_learning_rate_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(trainer.NonFiniteLossError, match=r"at step \d+.*last good checkpoint"):
+        trainer.train_and_evaluate(quick_config(tmp_path, optim=OptimConfig(
+            optimizer="sgd", learning_rate=1e30)))
+    for step in os.listdir(tmp_path / "checkpoints"):
+        params = saved_state(tmp_path, step)["params"]
+        assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+    _, result = trainer.train_and_evaluate(quick_config(
+        tmp_path / "skip", nan_policy="skip", optim=OptimConfig(optimizer="sgd", learning_rate=1e30)))
+    assert result["count"] == 300
+
+
+def test_two_processes_train_to_identical_parameters(tmp_path):
+    port = 20000 + os.getpid() % 20000
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"), f"127.0.0.1:{port}",
+         str(i), str(tmp_path)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    sums = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert sums[0]["devices"] == 4 and sums[0]["step"] == 6
+    assert sums[0] == sums[1]

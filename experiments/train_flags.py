@@ -5,20 +5,11 @@ The defaults are the quick start (LeNet-5 on the embedded digits), so a bare
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
 from absl import flags
 
+from experiments import model_flags
 from jaxcnn import models
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-
-# Model (options left unset keep each architecture's own default).
-flags.DEFINE_string("model", "lenet5", f"One of: {', '.join(models.names())}.")
-flags.DEFINE_enum("norm", "none", ["none", "batch", "lrn"], "Normalisation in every conv block.")
-flags.DEFINE_string("factorize", "none", "Conv layers made k×1 then 1×k: all, none or e.g. 2,3.")
-flags.DEFINE_string("multi_branch", "none", "Conv layers made parallel 1/3/5/7 convs: all, none or list.")
-flags.DEFINE_float("dropout", 0.5, "Dropout rate of the classifier.")
-flags.DEFINE_float("bn_momentum", 0.9, "Batch-norm moving-average decay.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype (params stay float32).")
 
 # Data.
 flags.DEFINE_string("dataset", "digits", "TFDS name, folder:PATH, or digits (embedded, no download).")
@@ -60,20 +51,7 @@ flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
 flags.DEFINE_float("grad_clip_norm", 0.0, "Clip gradients to this global norm; 0: off.")
 
 FLAGS = flags.FLAGS
-MODEL_OPTION_FLAGS = ("norm", "factorize", "multi_branch", "dropout", "bn_momentum", "dtype")
 POSITIVE_FLAGS = ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints")
-
-
-def _was_set(name: str) -> bool:
-    return not FLAGS[name].using_default_value
-
-
-def model_options() -> dict:
-    """The model options given on the command line or in a flagfile; others keep model defaults."""
-    options = {name: FLAGS[name].value for name in MODEL_OPTION_FLAGS if _was_set(name)}
-    if "dtype" in options:
-        options["dtype"] = jnp.dtype(options["dtype"])
-    return options
 
 
 def validate() -> None:
@@ -101,14 +79,14 @@ def validate() -> None:
     if FLAGS.boundaries_epochs and FLAGS.schedule != "piecewise":
         raise ValueError(f"--boundaries_epochs only applies to --schedule=piecewise, "
                          f"not {FLAGS.schedule}")
-    if FLAGS.optimizer in ("adam", "adamw") and _was_set("momentum"):
+    if FLAGS.optimizer in ("adam", "adamw") and model_flags.was_set("momentum"):
         raise ValueError(f"--momentum does not apply to --optimizer={FLAGS.optimizer}")
 
 
 def config_from_flags() -> TrainConfig:
     validate()
     height, width, channels = models.input_shape(FLAGS.model)
-    model = ModelConfig(FLAGS.model, model_options())
+    model = ModelConfig(FLAGS.model, model_flags.model_options())
     data = DataConfig(
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=FLAGS.image_size or height,
         channels=FLAGS.channels or channels, batch_size=FLAGS.batch_size,

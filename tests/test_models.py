@@ -228,3 +228,12 @@ def test_bfloat16_computation_keeps_float32_parameters():
 def test_importing_models_does_not_import_tensorflow():
     code = "import sys, jaxcnn.models; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_summary_prints_every_layer_shape_parameters_and_flops():
+    out = subprocess.run([sys.executable, "-m", "experiments.summary", "--model=lenet5",
+                          "--num_classes=10"], capture_output=True, text=True, check=True,
+                         cwd=__file__.rsplit("/tests/", 1)[0]).stdout
+    for shape in ("[1,28,28,6]", "[1,10,10,16]", "[1,1,1,120]", "[1,84]", "[1,10]"):
+        assert shape in out
+    assert "Total Parameters: 61,706" in out and "flops" in out

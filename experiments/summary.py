@@ -1,0 +1,42 @@
+"""Per-layer output shapes, parameters and FLOPs of a model, as the articles print every shape.
+
+    python -m experiments.summary --model=vgg16 --image_size=224
+    python -m experiments.summary --model=convnet_cifar --factorize=all --depth=2
+
+The table is flax's `nn.tabulate` (FLOPs from XLA's cost analysis of each layer's forward pass at
+batch 1); nothing is allocated beyond one layer at a time.
+"""
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from experiments import model_flags
+from jaxcnn import models
+
+flags.DEFINE_integer("image_size", None, "Input side; default: the model's own.")
+flags.DEFINE_integer("channels", None, "Input channels; default: the model's own.")
+flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
+flags.DEFINE_integer("depth", 1, "Module nesting shown (2 shows the convs inside each block).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    try:
+        height, _, channels = models.input_shape(FLAGS.model)
+        model = models.create(FLAGS.model, FLAGS.num_classes, **model_flags.model_options())
+        size = FLAGS.image_size or height
+        x = jnp.zeros((1, size, size, FLAGS.channels or channels), jnp.float32)
+        table = nn.tabulate(model, jax.random.key(0), depth=FLAGS.depth, compute_flops=True,
+                            console_kwargs={"width": 140, "force_terminal": False})(x)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(table)
+
+
+if __name__ == "__main__":
+    app.run(main)

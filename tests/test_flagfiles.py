@@ -1,0 +1,53 @@
+"""Every flagfile parses into a config whose model builds at the configured input size, opens with
+the command that runs it and the result to expect, and the bare command equals the quick start."""
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+from absl import flags
+
+from experiments import train_flags
+from jaxcnn import models
+
+FLAGFILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "experiments", "flags",
+                                          "*.flags")))
+FLAGS = flags.FLAGS
+
+
+def parse(*args):
+    FLAGS.unparse_flags()
+    FLAGS(["prog", *args])
+    return train_flags.config_from_flags()
+
+
+@pytest.fixture(autouse=True)
+def reset_flags():
+    yield
+    FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+def test_flagfile_builds_its_model_and_documents_itself(path):
+    header = [line for line in open(path) if line.startswith("#")]
+    text = "".join(header)
+    assert "python -m experiments." in text and "Expected" in text, path
+    cfg = parse(f"--flagfile={path}")
+    model = models.create(cfg.model.name, 10, **cfg.model.options)
+    x = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, cfg.data.channels))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.eval_shape(model.apply, variables, x).shape == (1, 10)
+
+
+def test_bare_command_is_the_quick_start():
+    quickstart = [p for p in FLAGFILES if p.endswith("quickstart.flags")][0]
+    assert parse() == parse(f"--flagfile={quickstart}")
+
+
+def test_paddle_run_is_expressed_in_mean_loss_convention():
+    cfg = parse(f"--flagfile={[p for p in FLAGFILES if 'paddle' in p][0]}")
+    assert (cfg.optim.learning_rate, cfg.optim.l2, cfg.optim.momentum) == (0.1, 2e-4, 0.9)
+    assert (cfg.optim.schedule, cfg.optim.discexp_samples, cfg.data.batch_size) == (
+        "discexp", 5_000_000, 128)
+    assert cfg.model.name == "vgg_cifar" and cfg.epochs == 200

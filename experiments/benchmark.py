@@ -6,10 +6,12 @@
 
 Prints, per mode, seconds per batch (mean ± sd over the timed batches), images/s, compile time,
 FLOPs per image (analytic and XLA's), TFLOP/s and MFU; with torch, the same mode of the plain
-PyTorch twin (`experiments.torch_reference`) is timed right after, and the ratio jaxcnn / torch.
+PyTorch twin (`experiments.torch_reference`) is timed too, batch for batch in alternation with
+jaxcnn so that both see the same machine load, and the ratio jaxcnn / torch is printed.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -45,7 +47,7 @@ FLAGS = flags.FLAGS
 
 class TorchTwin(NamedTuple):
     params: int
-    time_mode: Callable   # (image_shape, mode) -> seconds of each timed batch
+    make_step: Callable   # (image_shape=, mode=) -> one blocking call of that mode
 
 
 def torch_twin(name: str) -> TorchTwin | None:
@@ -55,16 +57,18 @@ def torch_twin(name: str) -> TorchTwin | None:
     import torch  # noqa: PLC0415
 
     options = [o for o in MODEL_OPTIONS if FLAGS[o].present and o != "conv_impl"]
+    if jax.default_backend() != "cpu":
+        print("the PyTorch twin runs on the CPU only; timing jaxcnn only")
+        return None
     if name not in torch_reference.BUILDERS or options:
         print(f"no PyTorch twin of {name} with {', '.join(options) or 'these options'}; "
               "timing jaxcnn only")
         return None
     torch.manual_seed(FLAGS.seed)
     model = torch_reference.create(name, FLAGS.num_classes)
-    return TorchTwin(torch_reference.num_params(model), lambda image_shape, mode:
-                     torch_reference.time_mode(model, FLAGS.num_classes, image_shape,
-                                               FLAGS.batch_size, mode, FLAGS.burn_in,
-                                               FLAGS.num_batches, getattr(torch, FLAGS.dtype)))
+    return TorchTwin(torch_reference.num_params(model), functools.partial(
+        torch_reference.make_step, model, FLAGS.num_classes, batch_size=FLAGS.batch_size,
+        dtype=getattr(torch, FLAGS.dtype)))
 
 
 def table(header: str, rows: list[dict]) -> str:
@@ -92,16 +96,18 @@ def main(argv):
     image_shape = (h, w, c) if FLAGS.image_size is None else (FLAGS.image_size,) * 2 + (c,)
     twin = torch_twin(FLAGS.model) if FLAGS.torch else None
     rows = []
-    for mode in FLAGS.modes:  # jaxcnn then torch, mode by mode: both see the same machine load
-        timing, = benchmark.run(model, image_shape, FLAGS.batch_size, [mode], FLAGS.burn_in,
-                                FLAGS.num_batches, FLAGS.seed, input_dtype=dtype)
+    for mode in FLAGS.modes:
+        compiled = benchmark.compile_mode(model, image_shape, FLAGS.batch_size, mode, FLAGS.seed,
+                                          input_dtype=dtype)
+        calls = [compiled.call] + ([twin.make_step(image_shape=image_shape, mode=mode)] if twin else [])
+        seconds = benchmark.time_calls(*calls, burn_in=FLAGS.burn_in, num_batches=FLAGS.num_batches)
+        timing = compiled.timing(seconds[0])
         rows.append({**timing.as_dict(), "impl": "jaxcnn"})
-        if twin is not None:
-            s = twin.time_mode(image_shape, mode)
-            rows[-1]["ratio"] = timing.mean_s / s.mean()
-            rows.append({"mode": mode, "impl": "torch", "mean_s": float(s.mean()),
-                         "std_s": float(s.std()), "images_per_s": FLAGS.batch_size / s.mean(),
-                         "tflops": timing.model_flops * FLAGS.batch_size / s.mean() / 1e12})
+        if twin:
+            torch_timing = compiled.timing(seconds[1])
+            rows[-1]["ratio"] = timing.mean_s / torch_timing.mean_s
+            rows.append({**torch_timing.as_dict(), "impl": "torch", "compile_s": None,
+                         "xla_flops": None})
     params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
         model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))["params"]))
     forward_flops = 2 * benchmark.analytic_macs(model, image_shape)

@@ -4,8 +4,10 @@ With no flags it runs the quick start (LeNet-5 on the embedded digits). Every fa
 fix (bad flag, missing data, unusable checkpoint, non-finite loss) ends with a one-line error and
 exit status 1 (`--debug` shows the traceback); SIGTERM checkpoints the current step and exits 0.
 """
+import faulthandler
 import signal
 import sys
+from typing import NoReturn
 
 from absl import app, flags, logging
 
@@ -17,16 +19,33 @@ flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of proce
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 flags.DEFINE_bool("distributed_from_env", False, "Multi-host: read the cluster environment (SLURM, ...).")
-flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-host: seconds before a dead peer ends the job.")
+flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-host: seconds before a dead peer ends the job.",
+                     lower_bound=1)
 flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
 FLAGS = flags.FLAGS
 
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, trainer.NonFiniteLossError)
 
 
+def fail(message: str) -> NoReturn:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser with a one-line error (bad enum value, unknown flag, missing flagfile)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{str(e).removeprefix('ERROR:: ')} (--helpshort lists the flags)")
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"unexpected arguments {' '.join(argv[1:])} (flags take the form --name=value)")
+    if not FLAGS.debug:
+        # A process killed by JAX (e.g. its peer died) shows JAX's reason, not every thread's stack.
+        faulthandler.disable()
     # Orbax logs every step of every save at INFO; keep the console for training progress.
     logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
     stop_requested = []
@@ -40,13 +59,15 @@ def main(argv):
     except USER_ERRORS as e:
         if FLAGS.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if "top1" in result:
+        fail(str(e))
+    if result.get("preempted"):
+        print(f"stopped at step {result['step']} with a checkpoint of it in {config.workdir}: "
+              f"run the same command again to resume")
+    elif "top1" in result:
         logging.info("test top-1 %.2f%%, top-5 %.2f%% on %d examples (step %d)",
                      100 * result["top1"], 100 * result["top5"], result["count"], result["step"])
         print(f"test accuracy: {100 * result['top1']:.2f}%  (workdir: {config.workdir})")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -7,9 +7,9 @@ train-mode forward-backward to the gradients of `sum(logits**2) / 2`, SGD-moment
 """
 from __future__ import annotations
 
-import time
+import functools
+from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -99,44 +99,35 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _step(model: nn.Module, images: torch.Tensor, mode: str, num_classes: int):
-    """One call of `mode`, as a closure over freshly set-up state."""
-    if mode == "forward":
-        model.eval()
-
-        def forward():
-            with torch.inference_mode():
-                return model(images)
-        return forward
-    model.train()
-    params = list(model.parameters())
-    if mode == "forward_backward":
-        return lambda: torch.autograd.grad(0.5 * model(images).square().sum(), params)
-    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    labels = torch.randint(0, num_classes, (len(images),))
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        return loss
-    return train_step
-
-
-def time_mode(model: nn.Module, num_classes: int, image_shape: tuple[int, int, int],
-              batch_size: int, mode: str, burn_in: int, num_batches: int,
-              dtype=torch.float32) -> np.ndarray:
-    """Seconds per call of `mode` on random images stored channels_last; bfloat16 runs under
+def make_step(model: nn.Module, num_classes: int, image_shape: tuple[int, int, int],
+              batch_size: int, mode: str, dtype=torch.float32) -> Callable[[], None]:
+    """One blocking call of `mode` on random images stored channels_last; bfloat16 runs under
     autocast (float32 parameters, bfloat16 compute, like jaxcnn's `dtype`)."""
     h, w, c = image_shape
     images = (0.1 * torch.randn(batch_size, c, h, w)).to(memory_format=torch.channels_last)
-    step = _step(model, images, mode, num_classes)
-    durations = []
-    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        for i in range(burn_in + num_batches):
-            start = time.perf_counter()
-            step()
-            if i >= burn_in:
-                durations.append(time.perf_counter() - start)
-    return np.asarray(durations)
+    autocast = functools.partial(torch.autocast, "cpu", dtype=dtype,
+                                 enabled=dtype != torch.float32)
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    labels = torch.randint(0, num_classes, (batch_size,))
+
+    def forward():
+        model.eval()
+        with torch.inference_mode(), autocast():
+            model(images)
+
+    def forward_backward():
+        model.train()
+        with autocast():
+            loss = 0.5 * model(images).float().square().sum()
+        torch.autograd.grad(loss, params)
+
+    def train_step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = nn.functional.cross_entropy(model(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+
+    return {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}[mode]

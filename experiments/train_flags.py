@@ -8,7 +8,7 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import model_flags
-from jaxcnn import models
+from jaxcnn import datasets, models
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 
 # Data.
@@ -31,6 +31,8 @@ flags.DEFINE_integer("log_every", 50, "Steps between train-metric fetches (the o
 flags.DEFINE_float("eval_every_epochs", 1.0, "Epochs between evaluations (and checkpoints).")
 flags.DEFINE_integer("checkpoint_every", 0, "Steps between checkpoints; 0: at every evaluation.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+flags.DEFINE_integer("dense_eval_size", 0, "VGG dense evaluation on QxQ test images (paper 3.2); 0: off.")
+flags.DEFINE_bool("eval_flip", False, "Dense evaluation: also average the horizontally flipped image.")
 flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip"], "On a non-finite loss: stop, or skip the update.")
 
 # Optimisation.
@@ -51,34 +53,44 @@ flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
 flags.DEFINE_float("grad_clip_norm", 0.0, "Clip gradients to this global norm; 0: off.")
 
 FLAGS = flags.FLAGS
-POSITIVE_FLAGS = ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints")
+POSITIVE_FLAGS = ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints",
+                  "learning_rate", "eval_every_epochs", "discexp_rate", "discexp_samples",
+                  "decay_factor", "plateau_patience")
+NON_NEGATIVE_FLAGS = ("l2", "weight_decay", "label_smoothing", "grad_clip_norm", "warmup_steps",
+                      "checkpoint_every", "dense_eval_size")
+# Flags that only mean something with one of these schedules: given with another, a mistake.
+SCHEDULE_FLAGS = {"boundaries_epochs": ("piecewise",), "discexp_rate": ("discexp",),
+                  "discexp_samples": ("discexp",), "decay_factor": ("piecewise", "plateau"),
+                  "plateau_patience": ("plateau",)}
 
 
 def validate() -> None:
-    """Rejects values that cannot mean anything, before any work is done."""
+    """Rejects values that cannot mean anything, and flags that contradict each other, before
+    any work is done."""
+    datasets.check_name(FLAGS.dataset)
     for name in POSITIVE_FLAGS:
         if FLAGS[name].value <= 0:
             raise ValueError(f"--{name} must be positive, got {FLAGS[name].value}")
-    if FLAGS.learning_rate <= 0:
-        raise ValueError(f"--learning_rate must be positive, got {FLAGS.learning_rate}")
-    if FLAGS.steps < 0 or (FLAGS.steps == 0 and FLAGS.epochs <= 0):
-        raise ValueError("--epochs (or --steps) must be positive")
-    if FLAGS.eval_every_epochs <= 0:
-        raise ValueError(f"--eval_every_epochs must be positive, got {FLAGS.eval_every_epochs}")
-    for name in ("l2", "weight_decay", "label_smoothing", "grad_clip_norm", "warmup_steps"):
+    for name in NON_NEGATIVE_FLAGS:
         if FLAGS[name].value < 0:
             raise ValueError(f"--{name} must not be negative, got {FLAGS[name].value}")
-    if not 0 <= FLAGS.dropout < 1:
-        raise ValueError(f"--dropout must be in [0, 1), got {FLAGS.dropout}")
+    if FLAGS.steps < 0 or (FLAGS.steps == 0 and FLAGS.epochs <= 0):
+        raise ValueError("--epochs (or --steps) must be positive")
+    for name in ("dropout", "momentum"):
+        if not 0 <= FLAGS[name].value < 1:
+            raise ValueError(f"--{name} must be in [0, 1), got {FLAGS[name].value}")
     if FLAGS.image_size is not None and FLAGS.image_size <= 0:
         raise ValueError(f"--image_size must be positive, got {FLAGS.image_size}")
     if FLAGS.channels not in (None, 1, 3):
         raise ValueError(f"--channels must be 1 or 3, got {FLAGS.channels}")
     if FLAGS.schedule == "piecewise" and not FLAGS.boundaries_epochs:
         raise ValueError("--schedule=piecewise needs --boundaries_epochs")
-    if FLAGS.boundaries_epochs and FLAGS.schedule != "piecewise":
-        raise ValueError(f"--boundaries_epochs only applies to --schedule=piecewise, "
-                         f"not {FLAGS.schedule}")
+    for name, schedules in SCHEDULE_FLAGS.items():
+        if model_flags.was_set(name) and FLAGS.schedule not in schedules:
+            raise ValueError(f"--{name} only applies to --schedule={' or '.join(schedules)}, "
+                             f"not {FLAGS.schedule}")
+    if FLAGS.eval_flip and not FLAGS.dense_eval_size:
+        raise ValueError("--eval_flip applies to dense evaluation: set --dense_eval_size too")
     if FLAGS.optimizer in ("adam", "adamw") and model_flags.was_set("momentum"):
         raise ValueError(f"--momentum does not apply to --optimizer={FLAGS.optimizer}")
 
@@ -104,4 +116,5 @@ def config_from_flags() -> TrainConfig:
         model=model, data=data, optim=optim, workdir=FLAGS.workdir, epochs=FLAGS.epochs,
         steps=FLAGS.steps, seed=FLAGS.seed, log_every=FLAGS.log_every,
         eval_every_epochs=FLAGS.eval_every_epochs, checkpoint_every=FLAGS.checkpoint_every,
-        keep_checkpoints=FLAGS.keep_checkpoints, nan_policy=FLAGS.nan_policy)
+        keep_checkpoints=FLAGS.keep_checkpoints, nan_policy=FLAGS.nan_policy,
+        dense_eval_size=FLAGS.dense_eval_size, eval_flip=FLAGS.eval_flip)

@@ -121,21 +121,19 @@ def forward_backward(model: nn.Module) -> Callable:
     return grads
 
 
-def time_calls(step: Callable, args: tuple, burn_in: int, num_batches: int,
-               carry_state: bool = False) -> np.ndarray:
-    """Seconds of each of `num_batches` calls of `step(*args)` after `burn_in` untimed ones.
+def time_calls(*calls: Callable[[], Any], burn_in: int, num_batches: int) -> list[np.ndarray]:
+    """Seconds of each of `num_batches` runs of every blocking `call`, after `burn_in` untimed runs.
 
-    With `carry_state`, the step returns `(state, ...)` and `state` replaces `args[0]` (a train step).
+    Several calls are interleaved (a, b, a, b, ...), so that all see the same machine load.
     """
-    durations = []
+    durations = [[] for _ in calls]
     for i in range(burn_in + num_batches):
-        start = time.perf_counter()
-        out = jax.block_until_ready(step(*args))
-        if i >= burn_in:
-            durations.append(time.perf_counter() - start)
-        if carry_state:
-            args = (out[0], *args[1:])
-    return np.asarray(durations)
+        for call, seconds in zip(calls, durations):
+            start = time.perf_counter()
+            call()
+            if i >= burn_in:
+                seconds.append(time.perf_counter() - start)
+    return [np.asarray(seconds) for seconds in durations]
 
 
 def compile_step(fn: Callable, args: tuple) -> tuple[Callable, float, float | None]:
@@ -163,31 +161,60 @@ def train_step_and_args(model: nn.Module, images: jax.Array, seed: int = 0) -> t
     return train.train_step, (state, {"image": images, "label": labels})
 
 
+@dataclasses.dataclass(frozen=True)
+class CompiledMode:
+    """One mode of a model compiled for its inputs: `call()` runs one batch and blocks."""
+    mode: str
+    batch_size: int
+    call: Callable[[], None]
+    compile_s: float
+    model_flops: float
+    xla_flops: float | None
+    peak_flops: float | None
+
+    def timing(self, seconds: np.ndarray) -> Timing:
+        return Timing(mode=self.mode, batch_size=self.batch_size, compile_s=self.compile_s,
+                      mean_s=float(seconds.mean()), std_s=float(seconds.std()),
+                      num_batches=len(seconds), model_flops=self.model_flops,
+                      xla_flops=self.xla_flops, peak_flops=self.peak_flops)
+
+
+def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int, mode: str,
+                 seed: int = 0, input_dtype=jnp.float32) -> CompiledMode:
+    """`mode` of `model` compiled for random (batch_size, *image_shape) images made on the device."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    image_key, init_key = jax.random.split(jax.random.key(seed))
+    images = jax.jit(lambda k: 0.1 * jax.random.normal(k, (batch_size, *image_shape), input_dtype)
+                     )(image_key)
+    if mode == "train_step":
+        fn, args = train_step_and_args(model, images, seed)
+    else:
+        variables = jax.jit(model.init)(init_key, images[:1])
+        fn, args = (forward if mode == "forward" else forward_backward)(model), (variables, images)
+    compiled, compile_s, xla_flops = compile_step(fn, args)
+
+    def call():
+        nonlocal args
+        out = jax.block_until_ready(compiled(*args))
+        if mode == "train_step":       # the next step starts from the new state
+            args = (out[0], *args[1:])
+
+    macs = analytic_macs(model, image_shape)
+    return CompiledMode(
+        mode=mode, batch_size=batch_size, call=call, compile_s=compile_s,
+        model_flops=2 * macs * (1 if mode == "forward" else BACKWARD_COST),
+        xla_flops=None if xla_flops is None else xla_flops / batch_size,
+        peak_flops=peak_flops(images.devices().pop(), getattr(model, "dtype", jnp.float32)))
+
+
 def run(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int,
         modes=("forward", "forward_backward"), burn_in: int = 10, num_batches: int = 100,
         seed: int = 0, input_dtype=jnp.float32) -> list[Timing]:
     """Times `modes` of `model` on random (batch_size, *image_shape) images, one `Timing` each."""
-    unknown = sorted(set(modes) - set(MODES))
-    if unknown:
-        raise ValueError(f"unknown modes {unknown}; valid: {', '.join(MODES)}")
-    image_key, init_key = jax.random.split(jax.random.key(seed))
-    images = jax.jit(lambda k: 0.1 * jax.random.normal(k, (batch_size, *image_shape), input_dtype)
-                     )(image_key)
-    variables = jax.jit(model.init)(init_key, images[:1])
-    macs = analytic_macs(model, image_shape)
-    dtype = getattr(model, "dtype", jnp.float32)
-    peak = peak_flops(images.devices().pop(), dtype)
     results = []
     for mode in modes:
-        if mode == "train_step":
-            fn, args = train_step_and_args(model, images, seed)
-        else:
-            fn, args = (forward if mode == "forward" else forward_backward)(model), (variables, images)
-        compiled, compile_s, xla_flops = compile_step(fn, args)
-        seconds = time_calls(compiled, args, burn_in, num_batches, carry_state=mode == "train_step")
-        results.append(Timing(
-            mode=mode, batch_size=batch_size, compile_s=compile_s, mean_s=float(seconds.mean()),
-            std_s=float(seconds.std()), num_batches=num_batches,
-            model_flops=2 * macs * (1 if mode == "forward" else BACKWARD_COST),
-            xla_flops=None if xla_flops is None else xla_flops / batch_size, peak_flops=peak))
+        compiled = compile_mode(model, image_shape, batch_size, mode, seed, input_dtype)
+        seconds, = time_calls(compiled.call, burn_in=burn_in, num_batches=num_batches)
+        results.append(compiled.timing(seconds))
     return results

@@ -4,7 +4,8 @@ Each checkpoint holds the state (arrays only: Orbax never pickles, so loading ex
 a JSON `meta` item naming the model and its options, so that a checkpoint written for another model
 is refused with a clear message instead of a shape error. Orbax writes a step into a temporary
 directory and renames it when complete, so a process killed mid-save leaves the previous
-checkpoints intact and the unfinished one is ignored.
+checkpoints intact; the unfinished `<step>.orbax-checkpoint-tmp*` directory is ignored and deleted
+by the next run.
 """
 from __future__ import annotations
 
@@ -15,8 +16,19 @@ import jax
 import orbax.checkpoint as ocp
 
 
+# What Orbax and TensorStore raise for a missing, truncated or mismatched item (JSON errors are
+# ValueErrors, a missing item a KeyError, missing files OSErrors).
+ORBAX_READ_ERRORS = (ValueError, KeyError, OSError)
+
+
 class CheckpointError(RuntimeError):
     pass
+
+
+def _first_line(error: Exception) -> str:
+    """The gist of an Orbax/TensorStore error: its first line, without TensorStore's spec dump."""
+    line = str(error).strip().partition("\n")[0].split(" [tensorstore_spec")[0]
+    return f"{type(error).__name__}: {line}"
 
 
 class Checkpointer:
@@ -25,7 +37,7 @@ class Checkpointer:
         self.meta = meta
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-            enable_async_checkpointing=True, create=True)
+            enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -46,8 +58,8 @@ class Checkpointer:
         where = f"checkpoint {os.path.join(self.directory, str(step))}"
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        except Exception as e:   # noqa: BLE001 - any failure here means an unreadable checkpoint
-            raise CheckpointError(f"{where} is unreadable ({type(e).__name__}); delete it to resume "
+        except ORBAX_READ_ERRORS as e:
+            raise CheckpointError(f"{where} is unreadable ({_first_line(e)}); delete it to resume "
                                   f"from an earlier one") from e
         saved = meta["meta"]
         for key in ("model", "model_options", "num_classes"):
@@ -57,9 +69,9 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state)))
-        except Exception as e:   # noqa: BLE001
-            raise CheckpointError(f"{where} is corrupt or incomplete ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:200]}); delete it to resume from an "
+        except ORBAX_READ_ERRORS as e:
+            raise CheckpointError(f"{where} is corrupt, incomplete or was written with another "
+                                  f"optimizer ({_first_line(e)}); delete it to resume from an "
                                   f"earlier one") from e
         return restored["state"]
 
@@ -68,6 +80,15 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Finishes pending saves (also when training failed) and stops Orbax's threads, which
+        would otherwise print tracebacks at interpreter exit."""
+        self.wait()
+        self.close()
 
 
 def abstract_like(state: Any) -> Any:

@@ -58,4 +58,6 @@ class TrainConfig:
     checkpoint_every: int = 0        # steps; 0: at every evaluation
     keep_checkpoints: int = 3
     nan_policy: str = "stop"         # stop | skip
+    dense_eval_size: int = 0         # VGG dense evaluation on Q×Q test images (paper 3.2); 0: off
+    eval_flip: bool = False          # dense evaluation: also average the mirrored image
     plot: bool = True

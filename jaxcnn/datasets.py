@@ -190,8 +190,8 @@ def _decode(tf, encoded, channels: int):
 
 
 def _tfds_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:
-    import tensorflow_datasets as tfds
     tf = import_tf()
+    import tensorflow_datasets as tfds
     builder = _tfds_builder(cfg)
     host_split = tfds.even_splits(split, n=host.count, drop_remainder=drop_remainder)[host.index]
     return TFSource(functools.partial(_tfds_read, builder, host_split),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from typing import Iterator
 
 import jax
@@ -151,7 +152,8 @@ def _numpy_batches(batches, cfg: DataConfig) -> Iterator[dict]:
     try:
         yield from batches.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
     except tf.errors.InvalidArgumentError as e:
-        raise ValueError(f"reading {cfg.dataset} failed: {e.message.strip().splitlines()[0]} "
+        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", e.message).strip().splitlines()[0]
+        raise ValueError(f"reading {cfg.dataset} failed: {reason} "
                          f"(broken or non-JPEG/PNG image files are not skipped: remove or re-encode "
                          f"them)") from e
 

@@ -6,6 +6,7 @@ statistics and gradients are over the global batch.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -79,10 +80,13 @@ def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
-    """Sums over the real (mask > 0) examples of the batch; padding contributes nothing."""
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                            batch["image"], train=False)
+def eval_step(state: TrainState, batch: dict, logits_fn: Callable | None = None) -> dict:
+    """Sums over the real (mask > 0) examples of the batch; padding contributes nothing.
+
+    logits_fn(variables, images) replaces the plain forward pass, e.g. VGG dense evaluation.
+    """
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = (logits_fn or functools.partial(state.apply_fn, train=False))(variables, batch["image"])
     mask = batch["mask"].astype(jnp.float32)
     return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
             "top1": jnp.sum(correct_topk(logits, batch["label"], 1) * mask),

@@ -4,8 +4,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -14,9 +16,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from jaxcnn import checkpoint, input_pipeline, models, optim, parallel, train
-from jaxcnn.config import TrainConfig
+from jaxcnn.models import vgg
+from jaxcnn.config import DataConfig, TrainConfig
 from jaxcnn.metric_writers import MetricWriter
 from jaxcnn.plot import plot_curves
 
@@ -31,6 +35,12 @@ def merge_metrics(total: dict, new: dict) -> dict:
     """Accumulates per-step metrics on the device (a min for the first bad step, sums otherwise)."""
     return {k: jnp.minimum(total[k], v) if k == "first_nonfinite_step" else total[k] + v
             for k, v in new.items()}
+
+
+def json_safe(options: dict) -> dict:
+    """Model options as JSON stores them (dtypes by name, tuples as lists), so that options saved
+    in a checkpoint compare equal to the same options given again, and rebuild the model."""
+    return json.loads(json.dumps(options, default=str, sort_keys=True))
 
 
 @dataclasses.dataclass
@@ -50,10 +60,10 @@ class Schedule:
         return cls(steps_per_epoch, total, eval_every, cfg.checkpoint_every or eval_every)
 
 
-def evaluate(eval_step: Callable, state: train.TrainState, cfg: TrainConfig, sharding) -> dict:
+def evaluate(eval_step: Callable, state: train.TrainState, data: DataConfig, sharding) -> dict:
     """Mean loss and top-1/top-5 accuracy over every test example exactly once."""
     sums = None
-    for batch in input_pipeline.eval_batches(cfg.data, sharding):
+    for batch in input_pipeline.eval_batches(data, sharding):
         out = eval_step(state, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
@@ -61,12 +71,28 @@ def evaluate(eval_step: Callable, state: train.TrainState, cfg: TrainConfig, sha
     return {**{k: float(v) / count for k, v in sums.items()}, "count": count}
 
 
+def evaluation_setup(cfg: TrainConfig, model) -> tuple[DataConfig, Callable | None]:
+    """The test data and the logits function: the plain forward pass on the training geometry, or
+    VGG dense evaluation (paper section 3.2) on whole dense_eval_size × dense_eval_size images."""
+    if not cfg.dense_eval_size:
+        return cfg.data, None
+    if not isinstance(model, vgg.VGG) or model.pool_to is None:
+        raise ValueError(f"dense evaluation needs a VGG with a 7x7 head grid, not {cfg.model.name}")
+    if cfg.dense_eval_size < cfg.data.image_size:
+        raise ValueError(f"dense_eval_size={cfg.dense_eval_size} is smaller than the training "
+                         f"image size {cfg.data.image_size}")
+    data = dataclasses.replace(cfg.data, image_size=cfg.dense_eval_size, augment="none")
+    return data, functools.partial(vgg.dense_eval_logits, model, flip=cfg.eval_flip)
+
+
 def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambda: False
                        ) -> tuple[train.TrainState, dict]:
     """Trains `cfg.model` on `cfg.data`, resuming from the latest checkpoint in `cfg.workdir`.
 
     should_stop: polled once per step (no device sync); when it returns True the current state is
-    checkpointed and the function returns early with {"preempted": True, ...}.
+    checkpointed and the function returns early with {"preempted": True, ...}. In a multi-process
+    job it must answer the same on every process; SIGTERM there is handled by JAX's preemption
+    sync point, with the same effect.
     Returns the final state and the last test metrics.
     """
     if cfg.nan_policy not in NAN_POLICIES:
@@ -85,6 +111,7 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
 
     # --- Model and optimiser.
     model = models.create(cfg.model.name, info.num_classes, **cfg.model.options)
+    eval_data, logits_fn = evaluation_setup(cfg, model)
     input_shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
     lr_fn = optim.learning_rate_schedule(cfg.optim, sched.steps_per_epoch, cfg.data.batch_size,
                                          sched.total_steps)
@@ -96,49 +123,47 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
     state = jax.jit(init, out_shardings=replicated)(jax.random.key(cfg.seed))
 
     # --- Checkpoint: resume from the latest one in the workdir.
-    meta = {"model": cfg.model.name, "model_options": {k: repr(v) for k, v in
-                                                       sorted(cfg.model.options.items())},
+    meta = {"model": cfg.model.name, "model_options": json_safe(cfg.model.options),
             "num_classes": info.num_classes, "class_names": list(info.class_names),
             "input_shape": list(input_shape), "dataset": cfg.data.dataset}
-    ckpt = checkpoint.Checkpointer(os.path.join(cfg.workdir, "checkpoints"),
-                                   cfg.keep_checkpoints, meta)
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(checkpoint.abstract_like(state))
-        logging.info("resumed from step %d of %s", int(state.step), ckpt.directory)
-    start_step = int(jax.device_get(state.step))
+    ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
+    with (checkpoint.Checkpointer(ckpt_dir, cfg.keep_checkpoints, meta) as ckpt,
+          contextlib.closing(MetricWriter(cfg.workdir, sched.total_steps)) as writer):
+        if ckpt.latest_step() is not None:
+            state = ckpt.restore(checkpoint.abstract_like(state))
+            logging.info("resumed from step %d of %s", int(state.step), ckpt.directory)
+        start_step = int(jax.device_get(state.step))
 
-    # --- Update: one jitted, donated step over the mesh.
-    train_step = jax.jit(functools.partial(train.train_step,
-                                           label_smoothing=cfg.optim.label_smoothing),
-                         in_shardings=(replicated, data_sharding),
-                         out_shardings=(replicated, replicated), donate_argnums=0)
-    eval_step = jax.jit(train.eval_step, in_shardings=(replicated, data_sharding),
-                        out_shardings=replicated)
-    merge = jax.jit(merge_metrics, donate_argnums=0)
+        # --- Update: one jitted, donated step over the mesh.
+        train_step = jax.jit(functools.partial(train.train_step,
+                                               label_smoothing=cfg.optim.label_smoothing),
+                             in_shardings=(replicated, data_sharding),
+                             out_shardings=(replicated, replicated), donate_argnums=0)
+        eval_step = jax.jit(functools.partial(train.eval_step, logits_fn=logits_fn),
+                            in_shardings=(replicated, data_sharding), out_shardings=replicated)
+        merge = jax.jit(merge_metrics, donate_argnums=0)
 
-    writer = MetricWriter(cfg.workdir, sched.total_steps)
-    batches = input_pipeline.train_batches(cfg.data, data_sharding, start_step=start_step)
-    logging.info("%s on %s: %d steps (%d per epoch), global batch %d on %d devices",
-                 cfg.model.name, cfg.data.dataset, sched.total_steps, sched.steps_per_epoch,
-                 cfg.data.batch_size, mesh.devices.size)
+        batches = input_pipeline.train_batches(cfg.data, data_sharding, start_step=start_step)
+        logging.info("%s on %s: %d steps (%d per epoch), global batch %d on %d devices",
+                     cfg.model.name, cfg.data.dataset, sched.total_steps, sched.steps_per_epoch,
+                     cfg.data.batch_size, mesh.devices.size)
 
-    def flush_train_metrics(acc, step, n_steps, seconds):
-        acc = jax.device_get(acc)
-        if acc["nonfinite"] > 0:
-            first = int(acc["first_nonfinite_step"])
-            if cfg.nan_policy == "stop":
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {first}; stopped with the last good "
-                    f"checkpoint (step {ckpt.latest_step()}) kept in {ckpt.directory}")
-            logging.warning("skipped %d non-finite updates (first at step %d)",
-                            int(acc["nonfinite"]), first)
-        means = {k: float(acc[k]) / n_steps for k in ("loss", "top1", "top5", "learning_rate")}
-        means["images_per_s"] = n_steps * cfg.data.batch_size / seconds
-        writer.write("train", step, step / sched.steps_per_epoch, means)
+        def flush_train_metrics(acc, step, n_steps, seconds):
+            acc = jax.device_get(acc)
+            if acc["nonfinite"] > 0:
+                first = int(acc["first_nonfinite_step"])
+                if cfg.nan_policy == "stop":
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient at step {first}; stopped with the last good "
+                        f"checkpoint (step {ckpt.latest_step()}) kept in {ckpt.directory}")
+                logging.warning("skipped %d non-finite updates (first at step %d)",
+                                int(acc["nonfinite"]), first)
+            means = {k: float(acc[k]) / n_steps for k in ("loss", "top1", "top5", "learning_rate")}
+            means["images_per_s"] = n_steps * cfg.data.batch_size / seconds
+            writer.write("train", step, step / sched.steps_per_epoch, means)
 
-    result: dict = {}
-    acc, acc_steps, tick = None, 0, time.perf_counter()
-    try:
+        result: dict = {}
+        acc, acc_steps, tick = None, 0, time.perf_counter()
         for step in range(start_step + 1, sched.total_steps + 1):
             state, metrics = train_step(state, next(batches))
             acc = metrics if acc is None else merge(acc, metrics)
@@ -148,23 +173,21 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
                 flush_train_metrics(acc, step, acc_steps, time.perf_counter() - tick)
                 acc, acc_steps = None, 0
             if step % sched.eval_every == 0 or last:
-                result = evaluate(eval_step, state, cfg, data_sharding)
+                result = evaluate(eval_step, state, eval_data, data_sharding)
                 writer.write("test", step, step / sched.steps_per_epoch,
                              {k: v for k, v in result.items() if k != "count"})
             if step % sched.checkpoint_every == 0 or step % sched.eval_every == 0 or last:
                 ckpt.save(state)
-            if should_stop():
+            # Multi-process jobs: JAX's preemption service owns SIGTERM and names one step at which
+            # every process stops (False in a single process).
+            if should_stop() or multihost_utils.reached_preemption_sync_point(step):
                 ckpt.save(state)
                 logging.warning("stop requested: saved step %d to %s", step, ckpt.directory)
                 return state, {**result, "preempted": True, "step": step}
             if acc_steps == 0:
                 tick = time.perf_counter()
-    finally:
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
     if not result:   # resumed a run that had already finished
-        result = evaluate(eval_step, state, cfg, data_sharding)
+        result = evaluate(eval_step, state, eval_data, data_sharding)
     if cfg.plot and jax.process_index() == 0:
         logging.info("figure: %s", plot_curves(cfg.workdir))
     return state, {**result, "step": sched.total_steps}

@@ -114,6 +114,16 @@ def test_run_trains_evaluates_every_example_and_writes_its_workdir(tmp_path):
     assert os.listdir(tmp_path / "tensorboard") and (tmp_path / "curves.png").stat().st_size > 0
 
 
+def test_vgg_dense_evaluation_from_the_training_loop(tmp_path):
+    tiny_vgg = {"cfg": (4, "M", 8, "M"), "head": (16,), "dropout": 0.0}
+    cfg = quick_config(tmp_path, model=ModelConfig("vgg11", tiny_vgg), steps=20,
+                       dense_eval_size=40, eval_flip=True)   # 10×10 maps: 4×4 windows of 7×7
+    _, result = trainer.train_and_evaluate(cfg)
+    assert result["count"] == 300 and 0.2 < result["top1"] <= 1.0
+    with pytest.raises(ValueError, match="dense evaluation needs a VGG"):
+        trainer.train_and_evaluate(quick_config(tmp_path / "lenet", dense_eval_size=40))
+
+
 def run_cli(*args, check=True, env=None):
     return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, check=check, timeout=300)

@@ -38,7 +38,7 @@ class ConvNet(nn.Module):
             factorize=index in layers.layer_set(self.factorize, n),
             multi_branch=index in layers.layer_set(self.multi_branch, n),
             bn_momentum=self.bn_momentum, dtype=self.dtype,
-            conv_fn=conv_ops.conv_general_dilated(self.conv_impl), name=f"conv{index}", **kwargs)
+            conv_fn=conv_ops.conv_fn(self.conv_impl), name=f"conv{index}", **kwargs)
 
     def check_input(self, x) -> None:
         layers.check_min_size(x, self.min_input_size, type(self).__name__)

@@ -109,7 +109,7 @@ CONV_IMPLS: dict[str, Callable] = {
 }
 
 
-def conv_general_dilated(impl: str) -> Callable:
+def conv_fn(impl: str) -> Callable:
     """The convolution function for a model's `conv_impl` option."""
     if impl not in CONV_IMPLS:
         raise ValueError(f"unknown conv_impl {impl!r}; valid: {', '.join(CONV_IMPLS)}")

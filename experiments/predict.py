@@ -1,0 +1,38 @@
+"""Top-k classes of image files: `python -m experiments.predict --workdir=DIR a.png b.jpg [--top_k=5]`.
+
+Uses the latest checkpoint in DIR (written by experiments.run or experiments.ablate); images of any
+size and mode are fitted to the model's input. Missing workdir, checkpoint or image: a one-line
+error and exit status 1.
+"""
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from jaxcnn import predict
+
+flags.DEFINE_string("workdir", "runs/quickstart", "Training workdir whose latest checkpoint is used.")
+flags.DEFINE_integer("top_k", 5, "Classes shown per image.", lower_bound=1)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    paths = argv[1:]
+    if not paths:
+        raise app.UsageError("give one or more image files")
+    logging.set_verbosity(logging.WARNING)   # Orbax logs every read at INFO
+    try:
+        predictor = predict.load(FLAGS.workdir)
+        images = np.stack([predict.read_image(path, predictor.input_shape) for path in paths])
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    width = max(map(len, predictor.class_names))
+    for path, probabilities in zip(paths, predictor.predict(images)):
+        print(path)
+        for i in np.argsort(-probabilities)[:FLAGS.top_k]:
+            print(f"  {predictor.class_names[i]:<{width}}  {100 * probabilities[i]:6.2f}%")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -58,4 +58,5 @@ def plot_sweep(workdir: str, results: list[dict], filename: str = "results.png")
     ax_time.set(ylabel="seconds", title="training time per epoch")
     for ax in (ax_curves, ax_acc, ax_time):
         ax.grid(alpha=0.3)
+        ax.margins(y=0.1)
     return _save(fig, workdir, filename)

@@ -42,8 +42,9 @@ def test_sweep_resumes_an_unfinished_run_writes_results_and_skips_finished_runs(
     assert list(rows[0]) == list(ablation.COLUMNS)
     full, fact = results
     assert fact["options"] == '{"factorize": "2"}' and full["steps"] == fact["steps"] == STEPS
-    # Factorising conv2 (5x5, 6->16) as 5x1 (6->16) then 1x5 (16->16): 1,760 instead of 2,400 weights.
-    assert full["params"] - fact["params"] == 2400 - 1760
+    # conv2 (5x5, 6->16) factorised as 5x1 (6->16) then 1x5 (16->16): 1,760 weights and 32 biases
+    # instead of 2,400 and 16.
+    assert full["params"] - fact["params"] == (2400 + 16) - (1760 + 32)
     assert fact["flops_per_image"] < full["flops_per_image"]
     assert all(0 <= r["top1"] <= r["top5"] <= 1 and r["seconds_per_epoch"] > 0 for r in results)
     table = (tmp_path / "results.md").read_text().splitlines()

@@ -23,7 +23,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)   # Orbax logs every read at INFO
     try:
         predictor = predict.load(FLAGS.workdir)
-        images = np.stack([predict.read_image(path, predictor.input_shape) for path in paths])
+        images = np.stack([predict.read_image(path, predictor.input_shape, predictor.augment)
+                           for path in paths])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -34,6 +34,10 @@ FOLDER_TEST_FRACTION = 0.1
 DIGITS_NUM_TEST = 300        # of 1,797: a fixed seeded permutation leaves 1,497 for training
 SPLIT_SEED = 0               # fixed seed of the held-out splits: independent of the run's seed
 
+# Evaluation resizes the shorter side to size * this, then centre-crops `size`: the whole image for
+# the small-image augmentations, the classic 0.875 crop for Inception-style training, and VGG's
+# test scale Q = (S_min + S_max) / 2 = 384 (for 224 crops) for scale jittering.
+EVAL_RESIZE = {"none": 1.0, "cifar": 1.0, "random_resized_crop": 1 / 0.875, "scale_jitter": 384 / 224}
 _IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Per-channel mean / std in [0, 1] units, in the dataset's own channel count: the usual published
 # figures. Photos of unknown statistics (cats_vs_dogs, imagenette, folders) use ImageNet's.

@@ -1,12 +1,14 @@
 """Class probabilities for image files, from the latest checkpoint of a training workdir.
 
     predictor = predict.load("runs/quickstart")
-    images = np.stack([predict.read_image(path, predictor.input_shape) for path in paths])
+    images = np.stack([predict.read_image(path, predictor.input_shape, predictor.augment)
+                       for path in paths])
     probabilities = predictor.predict(images)        # [n, num_classes]
     predictor.class_names                            # from the training dataset
 
 Images are brought to the model's input as the evaluation pipeline brings the test split (shorter
-side resized to the input size, centre crop, channels converted to the model's) and normalised with
+side resized to the evaluation scale of the training augmentation, centre crop, channels converted
+to the model's) and normalised with
 the training dataset's own statistics (`datasets.normalization`).
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from PIL import Image, ImageOps
 
 from jaxcnn import models
 from jaxcnn.config import DataConfig
-from jaxcnn.datasets import normalization
+from jaxcnn.datasets import EVAL_RESIZE, normalization
 from jaxcnn.device_data import normalize
 
 
@@ -35,6 +37,7 @@ class Predictor:
     class_names: list[str]
     input_shape: tuple[int, int, int]
     dataset: str                      # the training dataset, whose normalisation applies
+    augment: str                      # the training augmentation, whose evaluation view applies
     step: int
 
     @functools.cached_property
@@ -71,10 +74,10 @@ def load(workdir: str) -> Predictor:
         target, ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
     manager.close()
     return Predictor(model, restored["state"], list(meta["class_names"]), input_shape,
-                     meta["dataset"], step)
+                     meta["dataset"], meta["augment"], step)
 
 
-def read_image(path: str, input_shape: tuple[int, int, int]) -> np.ndarray:
+def read_image(path: str, input_shape: tuple[int, int, int], augment: str = "none") -> np.ndarray:
     """uint8 [H, W, C] image of any size and mode, fitted to `input_shape` (square H = W)."""
     try:
         with Image.open(path) as image:
@@ -84,14 +87,14 @@ def read_image(path: str, input_shape: tuple[int, int, int]) -> np.ndarray:
             image = image.convert("L" if input_shape[2] == 1 else "RGB")
     except OSError as e:   # missing, unreadable or not an image (PIL's UnidentifiedImageError)
         raise ValueError(f"cannot read image {path!r}: {e}") from None
-    return np.asarray(fit(image, input_shape[0])).reshape(input_shape)
+    return np.asarray(fit(image, input_shape[0], augment)).reshape(input_shape)
 
 
-def fit(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side resized to `size` (bilinear, antialiased), then the centre size x size crop:
-    `tf_preprocess.eval_image` for images trained without resizing augmentation."""
+def fit(image: Image.Image, size: int, augment: str = "none") -> Image.Image:
+    """`tf_preprocess.eval_image` in PIL: the shorter side resized to the evaluation scale of the
+    training augmentation (bilinear, antialiased), then the centre size x size crop."""
     width, height = image.size
-    scale = size / min(width, height)
+    scale = round(size * EVAL_RESIZE[augment]) / min(width, height)
     new_size = (max(round(width * scale), size), max(round(height * scale), size))
     if new_size != image.size:
         image = image.resize(new_size, Image.Resampling.BILINEAR)

@@ -3,15 +3,11 @@ augmentations. Images stay uint8 (normalisation happens on the device); randomne
 seeded per example, so pixels depend neither on thread timing nor on where a run was resumed."""
 from __future__ import annotations
 
-from jaxcnn.datasets import import_tf
+from jaxcnn.datasets import EVAL_RESIZE, import_tf
 from jaxcnn.device_data import CIFAR_PAD
 
 tf = import_tf()
 
-# Evaluation resizes the shorter side to size * this, then centre-crops `size`: the whole image for
-# the small-image augmentations, the classic 0.875 crop for Inception-style training, and VGG's
-# test scale Q = (S_min + S_max) / 2 = 384 (for 224 crops) for scale jittering.
-EVAL_RESIZE = {"none": 1.0, "cifar": 1.0, "random_resized_crop": 1 / 0.875, "scale_jitter": 384 / 224}
 SCALE_JITTER = (256 / 224, 512 / 224)   # VGG's S in [256, 512] for 224 crops, relative to the size
 
 

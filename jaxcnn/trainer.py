@@ -125,7 +125,8 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
     # --- Checkpoint: resume from the latest one in the workdir.
     meta = {"model": cfg.model.name, "model_options": json_safe(cfg.model.options),
             "num_classes": info.num_classes, "class_names": list(info.class_names),
-            "input_shape": list(input_shape), "dataset": cfg.data.dataset}
+            "input_shape": list(input_shape), "dataset": cfg.data.dataset,
+            "augment": cfg.data.augment}
     ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
     with (checkpoint.Checkpointer(ckpt_dir, cfg.keep_checkpoints, meta) as ckpt,
           contextlib.closing(MetricWriter(cfg.workdir, sched.total_steps)) as writer):

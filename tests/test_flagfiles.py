@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 from absl import flags
 
-from experiments import train_flags
+from experiments import ablate, train_flags  # noqa: F401  (ablate: its flagfiles' --sweep)
 from jaxcnn import models
 
 FLAGFILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "experiments", "flags",

@@ -67,6 +67,15 @@ class Checkpointer:
                 raise CheckpointError(f"{where} was written for {key}={saved.get(key)!r}, this run "
                                       f"has {key}={self.meta.get(key)!r}; use another --workdir")
         try:
+            # The step counter alone first: a checkpoint with a missing or truncated index fails
+            # here cleanly, whereas a failing full restore leaves TensorStore reads in flight that
+            # print "Event loop is closed" tracebacks after Orbax closes its event loop.
+            probe = {"step": abstract_state.step}
+            with ocp.PyTreeCheckpointer() as reader:
+                reader.restore(os.path.join(self.directory, str(step), "state"),
+                               args=ocp.args.PyTreeRestore(
+                                   probe, ocp.checkpoint_utils.construct_restore_args(probe),
+                                   partial_restore=True))
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state)))
         except ORBAX_READ_ERRORS as e:

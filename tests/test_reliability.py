@@ -69,12 +69,11 @@ def saved_params(workdir, step):
         os.path.join(workdir, "checkpoints", str(step), "state"))["params"]
 
 
-def assert_one_line_error(result, expected, upstream_noise=False):
-    """Exit status 1 and one `error:` line. upstream_noise: TensorStore reads still in flight when
-    a restore fails print "Event loop is closed" tracebacks of Orbax's closed asyncio loop."""
+def assert_one_line_error(result, expected):
+    """Exit status 1, one `error:` line and no traceback."""
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode == 1, result.stderr[-3000:]
-    assert upstream_noise or "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
 
 
@@ -182,7 +181,7 @@ def test_bad_input_ends_with_a_one_line_error(tmp_path, trained_workdir):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = dict(zip(cases, pool.map(run_case, cases)))
     for args, expected in cases.items():
-        assert_one_line_error(results[args], expected, upstream_noise="corrupt_ckpt" in args[0])
+        assert_one_line_error(results[args], expected)
     # The non-finite stop keeps the last good checkpoint and says which one.
     nan_error = results[(f"--workdir={tmp_path / 'nan'}", "--learning_rate=1e30", "--log_every=1")]
     assert "last good checkpoint (step 4)" in nan_error.stderr
@@ -209,7 +208,10 @@ def test_a_dead_peer_ends_the_other_process_with_a_clear_error(tmp_path):
             proc.kill()
     output = open(logs[0]).read()
     assert procs[0].returncode != 0
-    assert "another task died" in output and "stopped sending heartbeats" in output, output[-3000:]
+    # Either JAX's coordination service notices the missing heartbeats, or a collective in flight
+    # with the dead peer fails first (gloo aborts the process); both end it within the wait above.
+    heartbeat = "another task died" in output and "stopped sending heartbeats" in output
+    assert heartbeat or "gloo::" in output, output[-3000:]
 
 
 # ---- safe loading ------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ evaluation geometry, so the resize-based augmentations are the tf.data path's al
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import math
 from typing import Iterable, Iterator
@@ -69,11 +68,12 @@ def to_device(batches: Iterable[dict], cfg: DataConfig, sharding: NamedSharding)
     """Host-local numpy batches (uint8 images) -> global arrays laid out with `sharding`, images
     normalised on the device; cfg.prefetch batches are kept transferred ahead."""
     mean, std = normalization(cfg)
-    normalize_fn = jax.jit(functools.partial(normalize, mean=mean, std=std), out_shardings=sharding)
+    # mean / std as arguments: the same compiled function serves every call (each evaluation).
+    normalize_fn = jax.jit(normalize, out_shardings=sharding)
 
     def put(batch):
         arrays = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-        return {**arrays, "image": normalize_fn(arrays["image"])}
+        return {**arrays, "image": normalize_fn(arrays["image"], mean, std)}
 
     batches = iter(batches)
     queue = collections.deque(put(b) for b in itertools.islice(batches, max(cfg.prefetch, 1)))

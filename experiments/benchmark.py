@@ -21,28 +21,21 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from experiments import model_flags
 from jaxcnn import benchmark, models
 
-MODEL_OPTIONS = ("norm", "factorize", "multi_branch", "conv_impl", "dropout")
-
-flags.DEFINE_string("model", "alexnet", "model name, see jaxcnn.models.names()")
 flags.DEFINE_integer("num_classes", 1000, "classifier outputs")
 flags.DEFINE_integer("batch_size", 32, "images per batch")
 flags.DEFINE_integer("image_size", None, "square input side; default: the model's design size")
 flags.DEFINE_integer("num_batches", 100, "timed batches per mode")
 flags.DEFINE_integer("burn_in", 10, "untimed batches before timing")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "computation dtype")
 flags.DEFINE_list("modes", list(benchmark.MODES), f"any of {', '.join(benchmark.MODES)}")
 flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
 flags.DEFINE_bool("torch", importlib.util.find_spec("torch") is not None,
                   "also time the plain-PyTorch twin (default: on when torch is importable)")
 flags.DEFINE_integer("seed", 0, "seed of the images and parameters")
-flags.DEFINE_string("norm", None, "model option: none | batch | lrn")
-flags.DEFINE_string("factorize", None, "model option: all | none | conv layer numbers, e.g. 2,3")
-flags.DEFINE_string("multi_branch", None, "model option: all | none | conv layer numbers")
-flags.DEFINE_enum("conv_impl", None, ["auto", "xla", "im2col"], "model option: convolution")
-flags.DEFINE_float("dropout", None, "model option: classifier dropout rate")
 FLAGS = flags.FLAGS
+FLAGS.set_default("model", "alexnet")
 
 
 class TorchTwin(NamedTuple):
@@ -56,7 +49,7 @@ def torch_twin(name: str) -> TorchTwin | None:
     from experiments import torch_reference  # noqa: PLC0415  (torch is optional)
     import torch  # noqa: PLC0415
 
-    options = [o for o in MODEL_OPTIONS if FLAGS[o].present and o != "conv_impl"]
+    options = [o for o in model_flags.model_options() if o not in ("conv_impl", "dtype")]
     if jax.default_backend() != "cpu":
         print("the PyTorch twin runs on the CPU only; timing jaxcnn only")
         return None
@@ -82,16 +75,15 @@ def table(header: str, rows: list[dict]) -> str:
                      f"{row['mean_s']:>13.4f} ± {row['std_s']:<8.4f}{row['images_per_s']:>11.1f}"
                      f"{tflops:>9}{mfu:>7}")
         if row["impl"] == "torch":
-            lines.append(f"{'':<17}jaxcnn / torch = {previous['ratio']:.2f}x")
-        previous = row
+            lines.append(f"{'':<17}jaxcnn / torch = {row['ratio']:.2f}x")
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
-    options = {o: getattr(FLAGS, o) for o in MODEL_OPTIONS if FLAGS[o].present}
+    options = model_flags.model_options()
     dtype = jnp.dtype(FLAGS.dtype)
-    model = models.create(FLAGS.model, FLAGS.num_classes, dtype=dtype, **options)
+    model = models.create(FLAGS.model, FLAGS.num_classes, **{**options, "dtype": dtype})
     h, w, c = models.input_shape(FLAGS.model)
     image_shape = (h, w, c) if FLAGS.image_size is None else (FLAGS.image_size,) * 2 + (c,)
     twin = torch_twin(FLAGS.model) if FLAGS.torch else None
@@ -105,9 +97,8 @@ def main(argv):
         rows.append({**timing.as_dict(), "impl": "jaxcnn"})
         if twin:
             torch_timing = compiled.timing(seconds[1])
-            rows[-1]["ratio"] = timing.mean_s / torch_timing.mean_s
             rows.append({**torch_timing.as_dict(), "impl": "torch", "compile_s": None,
-                         "xla_flops": None})
+                         "xla_flops": None, "ratio": timing.mean_s / torch_timing.mean_s})
     params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
         model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))["params"]))
     forward_flops = 2 * benchmark.analytic_macs(model, image_shape)

@@ -27,7 +27,6 @@ from typing import Iterator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P

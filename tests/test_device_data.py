@@ -8,7 +8,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxcnn import datasets, device_data, input_pipeline
 from jaxcnn.config import DataConfig
-from jaxcnn.datasets import Host
 
 NUM_EXAMPLES = 64
 

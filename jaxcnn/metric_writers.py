@@ -46,8 +46,14 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The rows of metrics.jsonl in step order. A resumed run logs the steps after its last
+    checkpoint a second time: the latest row of each (split, step) is the one kept."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
+    rows = {}
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in filter(str.strip, f):
+            row = json.loads(line)
+            rows[row["split"], row["step"]] = row
+    return sorted(rows.values(), key=lambda row: row["step"])

@@ -44,9 +44,7 @@ def plot_sweep(workdir: str, results: list[dict], filename: str = "results.png")
     fig, (ax_curves, ax_acc, ax_time) = _pyplot().subplots(1, 3, figsize=(13, 4))
     names = [r["run"] for r in results]
     for name in names:
-        # A resumed run logs the evaluations after its last checkpoint twice: keep the last.
-        test = {r["step"]: r for r in read_metrics(os.path.join(workdir, name)) if r["split"] == "test"}
-        points = sorted(test.values(), key=lambda r: r["step"])
+        points = [r for r in read_metrics(os.path.join(workdir, name)) if r["split"] == "test"]
         ax_curves.plot([r["epoch"] for r in points], [100 * r["top1"] for r in points], "o-",
                        label=name)
     ax_acc.bar_label(ax_acc.bar(names, [100 * r["top1"] for r in results]), fmt="%.2f")

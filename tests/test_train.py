@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxcnn import models, train, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxcnn.metric_writers import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,3 +178,12 @@ def test_two_processes_train_to_identical_parameters(tmp_path):
     sums = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert sums[0]["devices"] == 4 and sums[0]["step"] == 6
     assert sums[0] == sums[1]
+
+
+def test_metrics_of_a_resumed_run_keep_the_latest_row_of_each_step(tmp_path):
+    rows = [("train", 5, 1.0), ("test", 5, 0.9), ("train", 10, 0.8),   # killed after step 10,
+            ("train", 10, 0.7), ("test", 10, 0.6)]                      # resumed from step 5
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps({"split": s, "step": n, "loss": v}) + "\n" for s, n, v in rows)
+    assert [(r["split"], r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [
+        ("train", 5, 1.0), ("test", 5, 0.9), ("train", 10, 0.7), ("test", 10, 0.6)]

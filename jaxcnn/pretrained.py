@@ -17,12 +17,10 @@ torchvision RGB in [0, 1] normalised by mean (0.485, 0.456, 0.406) and std (0.22
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
@@ -31,11 +29,6 @@ from jaxcnn.models.alexnet import AlexNet
 from jaxcnn.models.vgg import VGG
 
 Variables = dict[str, Any]
-
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-                       "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
-                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
 
 def from_keras(model) -> Variables:
     """jaxcnn VGG variables from a Keras VGG (e.g. `keras.applications.VGG16` / `VGG19`).
@@ -85,26 +78,10 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as arrays:
             return dict(arrays)
     if path.endswith(".safetensors"):
-        return _read_safetensors(path)
+        from safetensors.numpy import load_file
+        return load_file(path)
     raise ValueError(f"expected a .npz or .safetensors state dict, got {path!r} (pickled .pth "
                      f"files are not loaded: see the jaxcnn.pretrained docstring)")
-
-
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """The safetensors format: an 8-byte little-endian header length, a JSON header giving each
-    tensor's dtype, shape and byte range, then the raw little-endian bytes."""
-    with open(path, "rb") as f:
-        header_size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_size))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
-    header.pop("__metadata__", None)
-    tensors = {}
-    for name, entry in header.items():
-        dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
-        start, end = entry["data_offsets"]
-        tensors[name] = np.frombuffer(data, dtype, (end - start) // dtype.itemsize,
-                                      start).reshape(entry["shape"])
-    return tensors
 
 
 def torchvision_layout(model) -> dict[str, tuple[str, ...]]:

@@ -1,6 +1,5 @@
 """Pretrained weights in, without downloads: Keras VGGs built with random weights, and
 torchvision-layout state dicts of known arrays checked against an NCHW numpy forward pass."""
-import json
 import pathlib
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 from numpy.lib.stride_tricks import sliding_window_view
 
 from jaxcnn import models, pretrained
@@ -217,24 +217,10 @@ def test_stray_state_dict_entries_are_refused():
 
 # --- files and merging --------------------------------------------------------------------------
 
-def write_safetensors(path, tensors):
-    names = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
-    header, offset = {}, 0
-    for key, value in tensors.items():
-        header[key] = {"dtype": names[value.dtype], "shape": list(value.shape),
-                       "data_offsets": [offset, offset + value.nbytes]}
-        offset += value.nbytes
-    header = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(len(header).to_bytes(8, "little") + header)
-        for value in tensors.values():
-            f.write(value.astype(value.dtype.newbyteorder("<")).tobytes())
-
-
 def test_state_dict_files_load_without_pickle(tmp_path):
     state = torch_state_dict(VGG_BN_TORCH)
     np.savez(tmp_path / "w.npz", **state)
-    write_safetensors(tmp_path / "w.safetensors", state)
+    safetensors.numpy.save_file(state, str(tmp_path / "w.safetensors"))
     for path in ("w.npz", "w.safetensors"):
         loaded = pretrained.load_state_dict(str(tmp_path / path))
         assert loaded.keys() == state.keys()

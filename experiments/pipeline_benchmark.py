@@ -9,14 +9,13 @@ Images/s of
   tf.data → device  input_pipeline.train_batches: the above, transferred and normalised on device;
   device-resident   train_batches with device_resident=True: gather + crop + flip + normalise in one
                     jitted op per batch (after a one-off load of the split, reported separately);
-  <model> step      jax.grad of the mean cross-entropy of the model in training mode on one batch
-                    (forward + backward, no optimizer) at its design input size.
+  <model> train step  `jaxcnn.benchmark`'s train_step mode: one jaxcnn.train.train_step (SGD with
+                    momentum) of the model at its design input size.
 Without --cifar10_dir the archive is extracted to a temporary directory (in /dev/shm if present).
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import subprocess
@@ -26,12 +25,10 @@ from pathlib import Path
 from typing import Iterator
 
 import jax
-import jax.numpy as jnp
-import optax
 from absl import app, flags
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
-from jaxcnn import input_pipeline, models
+from jaxcnn import benchmark, input_pipeline, models, parallel
 from jaxcnn.config import DataConfig
 from jaxcnn.datasets import Host
 
@@ -57,25 +54,6 @@ def images_per_second(batches: Iterator, num_batches: int, batch_size: int) -> f
     return num_batches * batch_size / (time.perf_counter() - start)
 
 
-def model_step_batches(name: str, batch_size: int) -> Iterator:
-    """Endless gradients of one fixed batch: each `next` is one forward + backward step."""
-    model = models.create(name, num_classes=10)
-    images = jax.random.normal(jax.random.key(0), (batch_size, *models.input_shape(name)))
-    labels = jnp.arange(batch_size) % 10
-    variables = model.init(jax.random.key(1), images[:1])
-
-    @jax.jit
-    def grads(params, key):
-        def loss(params):
-            logits, _ = model.apply({**variables, "params": params}, images, train=True,
-                                    rngs={"dropout": key}, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return jax.grad(loss)(params)
-
-    for step in itertools.count():
-        yield grads(variables["params"], jax.random.key(step))
-
-
 def measure(cfg: DataConfig, sharding: NamedSharding) -> dict[str, float]:
     rates = {"tf.data host": images_per_second(input_pipeline.host_train_batches(
         cfg, Host(), cfg.batch_size), FLAGS.num_batches, cfg.batch_size)}
@@ -87,8 +65,10 @@ def measure(cfg: DataConfig, sharding: NamedSharding) -> dict[str, float]:
     rates["device-resident: load + first batch (s)"] = time.perf_counter() - start
     rates["device-resident"] = images_per_second(resident, 10 * FLAGS.num_batches, cfg.batch_size)
     for name in FLAGS.models:
-        rates[f"{name} step"] = images_per_second(model_step_batches(name, cfg.batch_size),
-                                                  FLAGS.model_batches, cfg.batch_size)
+        step = benchmark.compile_mode(models.create(name, num_classes=10), models.input_shape(name),
+                                      cfg.batch_size, "train_step")
+        seconds, = benchmark.time_calls(step.call, burn_in=1, num_batches=FLAGS.model_batches)
+        rates[f"{name} train step"] = step.timing(seconds).images_per_s
     return rates
 
 
@@ -108,7 +88,7 @@ def report(rates: dict[str, float], cfg: DataConfig, load: tuple[float, float]) 
 
 def main(argv):
     del argv
-    sharding = NamedSharding(jax.make_mesh((jax.device_count(),), ("data",)), P("data"))
+    sharding = parallel.batch_sharding(parallel.data_mesh())
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
         root = FLAGS.cifar10_dir
         if root is None:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from jaxcnn.models.vgg import CFGS, conv_layers
+from jaxcnn.models.vgg import CFGS, CifarVGG, conv_layers
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int, batch_norm: bool, **kwargs) -> list[nn.Module]:
@@ -55,8 +55,7 @@ def alexnet(num_classes: int) -> nn.Sequential:
 def vgg_cifar(num_classes: int) -> nn.Sequential:
     """`jaxcnn.models.CifarVGG`, the PaddlePaddle CIFAR-10 VGG (32×32 input)."""
     layers, cin = [], 3
-    for width, rates in ((64, (0.3, 0.0)), (128, (0.4, 0.0)), (256, (0.4, 0.4, 0.0)),
-                         (512, (0.4, 0.4, 0.0)), (512, (0.4, 0.4, 0.0))):
+    for width, rates in CifarVGG.groups:
         for rate in rates:
             layers += [*_conv_bn_relu(cin, width, 3, batch_norm=True), nn.Dropout(rate)]
             cin = width

@@ -21,15 +21,18 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from experiments import model_flags
+from experiments import cli, model_flags
 from jaxcnn import benchmark, models
 
-flags.DEFINE_integer("num_classes", 1000, "classifier outputs")
-flags.DEFINE_integer("batch_size", 32, "images per batch")
-flags.DEFINE_integer("image_size", None, "square input side; default: the model's design size")
-flags.DEFINE_integer("num_batches", 100, "timed batches per mode")
-flags.DEFINE_integer("burn_in", 10, "untimed batches before timing")
+flags.DEFINE_integer("num_classes", 1000, "classifier outputs", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "images per batch", lower_bound=1)
+flags.DEFINE_integer("image_size", None, "square input side; default: the model's design size",
+                     lower_bound=1)
+flags.DEFINE_integer("num_batches", 100, "timed batches per mode", lower_bound=1)
+flags.DEFINE_integer("burn_in", 10, "untimed batches before timing", lower_bound=0)
 flags.DEFINE_list("modes", list(benchmark.MODES), f"any of {', '.join(benchmark.MODES)}")
+flags.register_validator("modes", lambda modes: set(modes) <= set(benchmark.MODES),
+                         f"valid modes: {', '.join(benchmark.MODES)}")
 flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
 flags.DEFINE_bool("torch", importlib.util.find_spec("torch") is not None,
                   "also time the plain-PyTorch twin (default: on when torch is importable)")
@@ -80,7 +83,15 @@ def table(header: str, rows: list[dict]) -> str:
 
 
 def main(argv):
-    del argv
+    cli.check_no_arguments(argv)
+    cli.quiet()
+    if FLAGS.torch and importlib.util.find_spec("torch") is None:
+        cli.fail("--torch needs PyTorch (pip install torch), or pass --notorch")
+    with cli.user_errors():
+        run()
+
+
+def run():
     options = model_flags.model_options()
     dtype = jnp.dtype(FLAGS.dtype)
     model = models.create(FLAGS.model, FLAGS.num_classes, **{**options, "dtype": dtype})
@@ -123,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,26 +1,31 @@
-"""What every training program shares: one-line errors, the multi-host flags, SIGTERM as a stop
-request. `experiments.run` and `experiments.ablate` are this plus what they do."""
+"""What every program shares: a user mistake ends it with one line `error: ...` and exit status 1
+(the traceback with --debug). What the training programs add: the multi-host flags, and SIGTERM
+and Ctrl-C as a request to checkpoint the current step and stop. `experiments.run` and
+`experiments.ablate` are this plus what they do; the other programs use `parse_flags`, `quiet`
+and `user_errors`.
+"""
 import contextlib
 import faulthandler
 import signal
 import sys
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 from absl import flags, logging
 
-from jaxcnn import parallel, trainer
-from jaxcnn.checkpoint import CheckpointError
+from jaxcnn import checkpoint, parallel, trainer
 
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.", lower_bound=1)
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.", lower_bound=0)
 flags.DEFINE_bool("distributed_from_env", False, "Multi-host: read the cluster environment (SLURM, ...).")
 flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-host: seconds before a dead peer ends the job.",
                      lower_bound=1)
 flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
 FLAGS = flags.FLAGS
 
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, trainer.NonFiniteLossError)
+# OSError: a full disk, a missing permission, a missing file (messages name the path).
+USER_ERRORS = (ValueError, OSError, checkpoint.CheckpointError, trainer.NonFiniteLossError)
+INTERRUPTED = 128 + signal.SIGINT   # the shell's exit status of a program ended by Ctrl-C
 
 
 def fail(message: str) -> NoReturn:
@@ -36,25 +41,19 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{str(e).removeprefix('ERROR:: ')} (--helpshort lists the flags)")
 
 
-def start(argv: list[str]) -> Callable[[], bool]:
-    """Checks the command line, quiets Orbax, and turns SIGTERM into a stop request: returns the
-    `should_stop` poll for `trainer.train_and_evaluate`."""
+def check_no_arguments(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {' '.join(argv[1:])} (flags take the form --name=value)")
+
+
+def quiet() -> None:
+    """Keeps the console for results and one-line errors (unless --debug)."""
+    # Orbax logs every step of every save and restore at INFO.
+    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
     if not FLAGS.debug:
         # A process killed by JAX (e.g. its peer died) shows JAX's reason, not every thread's stack.
         faulthandler.disable()
-    # Orbax logs every step of every save at INFO; keep the console for training progress.
-    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
-    stop_requested = []
-    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
-    return lambda: bool(stop_requested)
-
-
-def initialize_distributed() -> None:
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id, FLAGS.distributed_from_env,
-                                    FLAGS.heartbeat_timeout)
+        checkpoint.silence_failed_io_aftermath()
 
 
 @contextlib.contextmanager
@@ -66,3 +65,63 @@ def user_errors():
         if FLAGS.debug:
             raise
         fail(str(e))
+
+
+class StopRequest:
+    """SIGTERM, and the first Ctrl-C, ask the training loop to checkpoint the current step and
+    stop; a second Ctrl-C ends the program at once (the default action of SIGINT, status 130).
+
+    Ctrl-C is turned into SIGTERM: in a multi-process job JAX's preemption service replaces the
+    SIGTERM handler installed here and makes every process stop at the same step.
+    """
+
+    def __init__(self):
+        self.requested = self.interrupted = False
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigterm(self, *_):
+        self.requested = True
+
+    def _on_sigint(self, *_):
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        self.interrupted = True
+        print("interrupted: saving the current step, then stopping (Ctrl-C again quits at once, "
+              "without it)", file=sys.stderr, flush=True)
+        signal.raise_signal(signal.SIGTERM)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    @property
+    def exit_status(self) -> int:
+        """After a stop: 0 for SIGTERM (a scheduler's preemption is no failure), 130 for Ctrl-C."""
+        return INTERRUPTED if self.interrupted else 0
+
+
+def start(argv: list[str]) -> StopRequest:
+    """Checks the command line, quiets the console and installs the stop request: the
+    `should_stop` poll for `trainer.train_and_evaluate`."""
+    check_no_arguments(argv)
+    quiet()
+    return StopRequest()
+
+
+def initialize_distributed() -> None:
+    """Joins the multi-host job the flags describe, after checking that they describe one."""
+    if FLAGS.coordinator_address is None and not FLAGS.distributed_from_env:
+        if (FLAGS.num_processes or 1) > 1 or FLAGS.process_id:
+            fail("--num_processes and --process_id need --coordinator_address=HOST:PORT of "
+                 "process 0 (or --distributed_from_env)")
+        return
+    if FLAGS.coordinator_address is not None:
+        if FLAGS.num_processes is None or FLAGS.process_id is None:
+            fail("--coordinator_address needs --num_processes and --process_id")
+        if FLAGS.process_id >= FLAGS.num_processes:
+            fail(f"--process_id={FLAGS.process_id} must be less than "
+                 f"--num_processes={FLAGS.num_processes}")
+        if not FLAGS.coordinator_address.rpartition(":")[2].isdigit():
+            fail(f"--coordinator_address={FLAGS.coordinator_address} must be HOST:PORT")
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id, FLAGS.distributed_from_env,
+                                    FLAGS.heartbeat_timeout)

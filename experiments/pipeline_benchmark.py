@@ -28,6 +28,7 @@ import jax
 from absl import app, flags
 from jax.sharding import NamedSharding
 
+from experiments import cli
 from jaxcnn import benchmark, input_pipeline, models, parallel
 from jaxcnn.config import DataConfig
 from jaxcnn.datasets import Host
@@ -35,10 +36,11 @@ from jaxcnn.datasets import Host
 _TAR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10_jpg.tar.gz"
 flags.DEFINE_string("cifar10_dir", None, "extracted CIFAR-10 folder (train/<class>, test/<class>)")
 flags.DEFINE_string("cifar10_tar", str(_TAR), "archive to extract when --cifar10_dir is not set")
-flags.DEFINE_integer("batch_size", 256, "global batch size")
-flags.DEFINE_integer("num_batches", 40, "timed batches per pipeline")
-flags.DEFINE_integer("model_batches", 5, "timed steps per model")
-flags.DEFINE_integer("burn_in", 3, "untimed batches first (compilation, buffers filling)")
+flags.DEFINE_integer("batch_size", 256, "global batch size", lower_bound=1)
+flags.DEFINE_integer("num_batches", 40, "timed batches per pipeline", lower_bound=1)
+flags.DEFINE_integer("model_batches", 5, "timed steps per model", lower_bound=1)
+flags.DEFINE_integer("burn_in", 3, "untimed batches first (compilation, buffers filling)",
+                     lower_bound=0)
 flags.DEFINE_list("models", ["convnet_cifar", "vgg_cifar"], "models whose step rate is measured")
 flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
 FLAGS = flags.FLAGS
@@ -87,19 +89,25 @@ def report(rates: dict[str, float], cfg: DataConfig, load: tuple[float, float]) 
 
 
 def main(argv):
-    del argv
-    sharding = parallel.batch_sharding(parallel.data_mesh())
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
-        root = FLAGS.cifar10_dir
-        if root is None:
-            subprocess.run(["tar", "xzf", FLAGS.cifar10_tar, "-C", tmp], check=True)
-            root = tmp
-        cfg = DataConfig(dataset=f"folder:{root}", image_size=32, channels=3,
-                         batch_size=FLAGS.batch_size, augment="cifar")
-        load = os.getloadavg()[0]
-        rates = measure(cfg, sharding)
-        report(rates, cfg, (load, os.getloadavg()[0]))
+    cli.check_no_arguments(argv)
+    cli.quiet()
+    with cli.user_errors():
+        sharding = parallel.batch_sharding(parallel.data_mesh())
+        parallel.check_batch_size(FLAGS.batch_size, sharding.mesh)
+        scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            root = FLAGS.cifar10_dir
+            if root is None:
+                if subprocess.run(["tar", "xzf", FLAGS.cifar10_tar, "-C", tmp]).returncode:
+                    raise ValueError(f"cannot extract --cifar10_tar={FLAGS.cifar10_tar} (tar's "
+                                     f"message above); or give --cifar10_dir")
+                root = tmp
+            cfg = DataConfig(dataset=f"folder:{root}", image_size=32, channels=3,
+                             batch_size=FLAGS.batch_size, augment="cifar")
+            load = os.getloadavg()[0]
+            rates = measure(cfg, sharding)
+            report(rates, cfg, (load, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -4,11 +4,10 @@ Uses the latest checkpoint in DIR (written by experiments.run or experiments.abl
 size and mode are fitted to the model's input. Missing workdir, checkpoint or image: a one-line
 error and exit status 1.
 """
-import sys
-
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import cli
 from jaxcnn import predict
 
 flags.DEFINE_string("workdir", "runs/quickstart", "Training workdir whose latest checkpoint is used.")
@@ -19,15 +18,13 @@ FLAGS = flags.FLAGS
 def main(argv):
     paths = argv[1:]
     if not paths:
-        raise app.UsageError("give one or more image files")
+        cli.fail("give one or more image files after the flags")
+    cli.quiet()
     logging.set_verbosity(logging.WARNING)   # Orbax logs every read at INFO
-    try:
+    with cli.user_errors():
         predictor = predict.load(FLAGS.workdir)
         images = np.stack([predict.read_image(path, predictor.input_shape, predictor.augment)
                            for path in paths])
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     width = max(map(len, predictor.class_names))
     for path, probabilities in zip(paths, predictor.predict(images)):
         print(path)
@@ -36,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

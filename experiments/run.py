@@ -1,9 +1,12 @@
 """Train and evaluate a model: `python -m experiments.run [--flagfile=experiments/flags/X.flags]`.
 
 With no flags it runs the quick start (LeNet-5 on the embedded digits). Every failure the user can
-fix (bad flag, missing data, unusable checkpoint, non-finite loss) ends with a one-line error and
-exit status 1 (`--debug` shows the traceback); SIGTERM checkpoints the current step and exits 0.
+fix (bad flag, missing data, unusable checkpoint, non-finite loss, full disk) ends with a one-line
+error and exit status 1 (`--debug` shows the traceback). SIGTERM checkpoints the current step and
+exits 0; so does Ctrl-C, with exit status 130 (a second Ctrl-C quits at once, without it).
 """
+import sys
+
 from absl import app, logging
 
 from experiments import cli, train_flags
@@ -11,14 +14,15 @@ from jaxcnn import trainer
 
 
 def main(argv):
-    should_stop = cli.start(argv)
+    stop = cli.start(argv)
     with cli.user_errors():
         config = train_flags.config_from_flags()
         cli.initialize_distributed()
-        _, result = trainer.train_and_evaluate(config, should_stop)
+        _, result = trainer.train_and_evaluate(config, stop)
     if result.get("preempted"):
         print(f"stopped at step {result['step']} with a checkpoint of it in {config.workdir}: "
               f"run the same command again to resume")
+        sys.exit(stop.exit_status)
     elif "top1" in result:
         logging.info("test top-1 %.2f%%, top-5 %.2f%% on %d examples (step %d)",
                      100 * result["top1"], 100 * result["top5"], result["count"], result["step"])

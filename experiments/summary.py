@@ -6,37 +6,34 @@
 The table is flax's `nn.tabulate` (FLOPs from XLA's cost analysis of each layer's forward pass at
 batch 1); nothing is allocated beyond one layer at a time.
 """
-import sys
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from experiments import model_flags
+from experiments import cli, model_flags
 from jaxcnn import models
 
-flags.DEFINE_integer("image_size", None, "Input side; default: the model's own.")
-flags.DEFINE_integer("channels", None, "Input channels; default: the model's own.")
-flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
-flags.DEFINE_integer("depth", 1, "Module nesting shown (2 shows the convs inside each block).")
+flags.DEFINE_integer("image_size", None, "Input side; default: the model's own.", lower_bound=1)
+flags.DEFINE_integer("channels", None, "Input channels; default: the model's own.", lower_bound=1)
+flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.", lower_bound=1)
+flags.DEFINE_integer("depth", 1, "Module nesting shown (2 shows the convs inside each block).",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
-    try:
+    cli.check_no_arguments(argv)
+    cli.quiet()
+    with cli.user_errors():
         height, _, channels = models.input_shape(FLAGS.model)
         model = models.create(FLAGS.model, FLAGS.num_classes, **model_flags.model_options())
         size = FLAGS.image_size or height
         x = jnp.zeros((1, size, size, FLAGS.channels or channels), jnp.float32)
         table = nn.tabulate(model, jax.random.key(0), depth=FLAGS.depth, compute_flops=True,
                             console_kwargs={"width": 140, "force_terminal": False})(x)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(table)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,40 +1,105 @@
-"""Orbax checkpoints of the train state: keep the latest N, save asynchronously, resume the latest.
+"""Orbax checkpoints of the train state: keep the latest N, save asynchronously, resume the latest
+readable one.
 
 Each checkpoint holds the state (arrays only: Orbax never pickles, so loading executes no code) and
 a JSON `meta` item naming the model and its options, so that a checkpoint written for another model
-is refused with a clear message instead of a shape error. Orbax writes a step into a temporary
-directory and renames it when complete, so a process killed mid-save leaves the previous
-checkpoints intact; the unfinished `<step>.orbax-checkpoint-tmp*` directory is ignored and deleted
-by the next run.
+is refused with a clear message instead of a shape error. The meta also lists every array of the
+state with its shape and a checksum: Orbax stores float arrays without one (flipped bits in its
+data files load silently as other numbers), so the checksums are what catches damaged array data.
+
+Orbax writes a step into a temporary directory and renames it when complete, so a process killed
+mid-save leaves the previous checkpoints intact; the unfinished `<step>.orbax-checkpoint-tmp*`
+directory is ignored and deleted by the next run. A complete checkpoint that cannot be read (or
+whose arrays fail their checksums) is moved aside to `corrupt-<step>` and the one before it is used.
 """
 from __future__ import annotations
 
+import contextlib
+import logging as std_logging
 import os
+import re
+import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
-
-
-# What Orbax and TensorStore raise for a missing, truncated or mismatched item (JSON errors are
-# ValueErrors, a missing item a KeyError, missing files OSErrors).
-ORBAX_READ_ERRORS = (ValueError, KeyError, OSError)
+from absl import logging
+from jax.experimental import multihost_utils
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
-def _first_line(error: Exception) -> str:
-    """The gist of an Orbax/TensorStore error: its first line, without TensorStore's spec dump."""
-    line = str(error).strip().partition("\n")[0].split(" [tensorstore_spec")[0]
-    return f"{type(error).__name__}: {line}"
+def silence_failed_io_aftermath() -> None:
+    """Drops the tracebacks that follow a failed Orbax read or write: TensorStore completes the
+    other operations in flight on an event loop that Orbax has already closed, and each prints
+    "Event loop is closed", "Task exception was never retrieved" or, at exit, "sys.meta_path is
+    None", none of which says more than the error Orbax raised. For programs (not with --debug)."""
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
+                       and str(unraisable.exc_value) == "Event loop is closed")
+        if not (closed_loop or (code and "/orbax/" in code.co_filename)):
+            default_hook(unraisable)
+
+    sys.unraisablehook = hook
+    std_logging.getLogger("asyncio").addFilter(lambda record: "/orbax/" not in record.getMessage())
+
+
+class _Unreadable(Exception):
+    """A checkpoint that is damaged (as opposed to one written for another model or optimizer)."""
+
+
+def _is_storage_error(error: Exception) -> bool:
+    """What Orbax and TensorStore raise for a missing, truncated, damaged or unwritable file: JSON
+    and TensorStore errors are ValueErrors, a missing item a KeyError, file errors OSErrors, and
+    Orbax wraps a failed array read in a bare Exception."""
+    return isinstance(error, (ValueError, KeyError, OSError)) or type(error) is Exception
+
+
+def _cause(error: Exception) -> str:
+    """The gist of an Orbax/TensorStore error in one line: the OS error when there is one (e.g.
+    "No space left on device"), else the first line without TensorStore's spec dump."""
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    if code:
+        return os.strerror(int(code.group(1)))
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    cause = error.__cause__ if type(error) is Exception and error.__cause__ else error
+    line = str(cause).strip().partition("\n")[0].split(" [tensorstore_spec")[0]
+    return f"{type(cause).__name__}: {line}"
+
+
+@jax.jit
+def _checksums(state: Any) -> list[jax.Array]:
+    """Per array, the sum of its words weighted by odd position numbers, modulo 2**32: a change of
+    any one word (any flipped bit) changes it, and so does a swap of two words."""
+    def checksum(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if x.dtype == jnp.bool_:
+            x = x.astype(jnp.uint8)
+        words = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+        weights = 2 * jnp.arange(x.size, dtype=jnp.uint32) + 1
+        return jnp.sum(words.ravel().astype(jnp.uint32) * weights, dtype=jnp.uint32)
+    return [checksum(x) for x in jax.tree.leaves(state)]
+
+
+def _arrays(state: Any) -> dict[str, list]:
+    """Path -> [shape, dtype] of every array of the state: what must match for a restore."""
+    return {jax.tree_util.keystr(path): [list(x.shape), str(x.dtype)]
+            for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int, meta: dict):
         self.directory = os.path.abspath(directory)
         self.meta = meta
+        self._started = None   # the step of the last save started
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True)
@@ -48,44 +113,100 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta)), force=True)
+        meta = {**self.meta, "arrays": _arrays(state),
+                "checksums": [int(c) for c in jax.device_get(_checksums(state))]}
+        self.wait()   # Orbax would wait too, but blame a failure of that save on this step
+        self._started = step
+        with self._write_errors():
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> Any:
-        """Restores the checkpoint at `step` (default: latest) into `abstract_state`'s structure and
-        shardings, after checking it was written for the same model."""
-        step = self.latest_step() if step is None else step
+    def restore_latest(self, abstract_state: Any) -> Any | None:
+        """The newest readable checkpoint restored into `abstract_state`'s structure and shardings,
+        or None when there is none. Damaged ones are moved aside with a warning; one written for
+        another model or optimizer stops the run (CheckpointError)."""
+        moved = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return self._restore(abstract_state, step)
+            except _Unreadable as e:
+                moved.append(self._move_aside(step))
+                logging.warning("checkpoint step %d is unreadable (%s): moved to %s; trying the "
+                                "one before", step, e, moved[-1])
+        if moved:
+            raise CheckpointError(f"no readable checkpoint in {self.directory} (damaged ones moved "
+                                  f"to {', '.join(map(os.path.basename, moved))}); run again to "
+                                  f"start from step 0")
+        return None
+
+    def _restore(self, abstract_state: Any, step: int) -> Any:
         where = f"checkpoint {os.path.join(self.directory, str(step))}"
         try:
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        except ORBAX_READ_ERRORS as e:
-            raise CheckpointError(f"{where} is unreadable ({_first_line(e)}); delete it to resume "
-                                  f"from an earlier one") from e
-        saved = meta["meta"]
+            saved = self.manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            if not _is_storage_error(e):
+                raise
+            raise _Unreadable(f"meta: {_cause(e)}") from e
         for key in ("model", "model_options", "num_classes"):
             if saved.get(key) != self.meta.get(key):
                 raise CheckpointError(f"{where} was written for {key}={saved.get(key)!r}, this run "
                                       f"has {key}={self.meta.get(key)!r}; use another --workdir")
+        expected = _arrays(abstract_state)
+        arrays = saved.get("arrays", expected)   # checkpoints written before 2026-11 lack both
+        if arrays != expected:                   # "arrays" and "checksums"
+            path = next(p for p in sorted({*arrays, *expected}) if arrays.get(p) != expected.get(p))
+            raise CheckpointError(
+                f"{where} has other arrays than this run's state (at {path}: {arrays.get(path)} "
+                f"vs {expected.get(path)}): it was written with another optimizer or input size; "
+                f"use another --workdir")
         try:
-            # The step counter alone first: a checkpoint with a missing or truncated index fails
-            # here cleanly, whereas a failing full restore leaves TensorStore reads in flight that
-            # print "Event loop is closed" tracebacks after Orbax closes its event loop.
-            probe = {"step": abstract_state.step}
-            with ocp.PyTreeCheckpointer() as reader:
-                reader.restore(os.path.join(self.directory, str(step), "state"),
-                               args=ocp.args.PyTreeRestore(
-                                   probe, ocp.checkpoint_utils.construct_restore_args(probe),
-                                   partial_restore=True))
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state)))
-        except ORBAX_READ_ERRORS as e:
-            raise CheckpointError(f"{where} is corrupt, incomplete or was written with another "
-                                  f"optimizer ({_first_line(e)}); delete it to resume from an "
-                                  f"earlier one") from e
-        return restored["state"]
+            state = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))["state"]
+        except Exception as e:
+            if not _is_storage_error(e):
+                raise
+            raise _Unreadable(f"state: {_cause(e)}") from e
+        saved_checksums = saved.get("checksums", [])
+        for path, now, then in zip(expected, jax.device_get(_checksums(state)), saved_checksums):
+            if int(now) != then:
+                raise _Unreadable(f"the array data of {path} does not match its checksum")
+        return state
+
+    def _move_aside(self, step: int) -> str:
+        """Renames a damaged step to `corrupt-<step>` (process 0 renames, the others wait)."""
+        target = os.path.join(self.directory, f"corrupt-{step}")
+        if jax.process_index() == 0:
+            n = 1
+            while os.path.exists(target):
+                n += 1
+                target = os.path.join(self.directory, f"corrupt-{step}.{n}")
+            os.rename(os.path.join(self.directory, str(step)), target)
+        multihost_utils.sync_global_devices(f"moved checkpoint {step} aside")
+        self.manager.reload()
+        return target
+
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """A failed write (disk full, quota, permissions) as one CheckpointError naming the step
+        of the last save started: Orbax reports the failure of an asynchronous save only at the
+        next save or wait."""
+        try:
+            yield
+        except Exception as e:
+            if not _is_storage_error(e):
+                raise
+            self.manager.reload()
+            kept = self.manager.latest_step()
+            kept = ("none is complete yet" if kept is None
+                    else f"the last complete one, step {kept}, is kept")
+            raise CheckpointError(
+                f"writing checkpoint step {self._started} to {self.directory} failed: {_cause(e)}; "
+                f"{kept}: free some space and run the same command again to resume") from e
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._write_errors():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
@@ -96,8 +217,10 @@ class Checkpointer:
     def __exit__(self, *exc_info) -> None:
         """Finishes pending saves (also when training failed) and stops Orbax's threads, which
         would otherwise print tracebacks at interpreter exit."""
-        self.wait()
-        self.close()
+        try:
+            self.wait()
+        finally:
+            self.close()
 
 
 def abstract_like(state: Any) -> Any:

@@ -87,7 +87,8 @@ def evaluation_setup(cfg: TrainConfig, model) -> tuple[DataConfig, Callable | No
 
 def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambda: False
                        ) -> tuple[train.TrainState, dict]:
-    """Trains `cfg.model` on `cfg.data`, resuming from the latest checkpoint in `cfg.workdir`.
+    """Trains `cfg.model` on `cfg.data`, resuming from the latest readable checkpoint in
+    `cfg.workdir` (damaged ones are moved aside, see `checkpoint.Checkpointer.restore_latest`).
 
     should_stop: polled once per step (no device sync); when it returns True the current state is
     checkpointed and the function returns early with {"preempted": True, ...}. In a multi-process
@@ -97,7 +98,11 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
     """
     if cfg.nan_policy not in NAN_POLICIES:
         raise ValueError(f"unknown nan_policy {cfg.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
-    os.makedirs(cfg.workdir, exist_ok=True)
+    try:
+        os.makedirs(cfg.workdir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"workdir {cfg.workdir} is a file or inside one: name a directory "
+                         f"(it is created when missing)") from None
 
     # --- Mesh: every device of every process on one "data" axis.
     mesh = parallel.data_mesh()
@@ -130,8 +135,9 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
     ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
     with (checkpoint.Checkpointer(ckpt_dir, cfg.keep_checkpoints, meta) as ckpt,
           contextlib.closing(MetricWriter(cfg.workdir, sched.total_steps)) as writer):
-        if ckpt.latest_step() is not None:
-            state = ckpt.restore(checkpoint.abstract_like(state))
+        restored = ckpt.restore_latest(checkpoint.abstract_like(state))
+        if restored is not None:
+            state = restored
             logging.info("resumed from step %d of %s", int(state.step), ckpt.directory)
         start_step = int(jax.device_get(state.step))
 

@@ -1,37 +1,189 @@
-"""Ablation sweeps: `python -m experiments.ablate --sweep=NAME [--flagfile=...] [training flags]`.
+"""Ablation sweeps: a base configuration times axes times seeds, every run its own job.
 
-The training flags of `experiments.run` set the base configuration; each run of the sweep changes
-one model switch of it (see `jaxcnn.ablation.SWEEPS`). --model defaults to the sweep's own model and
---workdir to runs/ablate_NAME, which gets one sub-directory per run plus results.csv, results.md and
-results.png. Running the same command again skips finished runs and resumes an unfinished one;
-SIGTERM checkpoints the current run and exits 0.
+    python -m experiments.ablate --sweep_file=experiments/sweeps/conv_factorization.flags
+    python -m experiments.ablate --flagfile=experiments/flags/convnet_cifar10.flags \\
+        --axis=factorize=none,2 --axis=norm=batch,lrn --seeds=3 --workdir=runs/tricks [--list]
+
+The training flags of `experiments.run` (or a --flagfile of them) are the base; each --axis names
+one of those flags and its values; axes combine as a grid or, with --combine=zip, zipped; --seeds=N
+trains every configuration with seeds 0..N-1. A sweep file is a flagfile of such lines
+(`experiments/sweeps/`). Runs live in WORKDIR/<flag=value,...>/seed=<S>/.
+
+Where the runs execute:
+  (default)              --launcher=local: one after another on this machine; --parallel=K runs K
+                         at once, each on its share of the GPUs or CPU cores
+  --launcher=slurm       submits the runs as one SLURM job array (--slurm_* flags) and returns
+  --run_index=I          trains run I alone, here (what each job of the array does)
+  --aggregate            rewrites WORKDIR/runs.csv, summary.csv, summary.md, summary.png
+  --list                 prints the runs with their index and status
+
+Finished runs are never trained again; runs that failed are recorded with their reason and shown
+in the summary, never averaged in, and --retry_failed trains only those again. The last run to
+finish rewrites the summary. SIGTERM checkpoints the running runs and exits 0, Ctrl-C likewise
+with status 130 (run the same command again to resume). Exit status 1 when a run failed or a flag
+is wrong.
 """
-from absl import app, flags
+import os
+import sys
 
-from experiments import cli, train_flags
-from jaxcnn import ablation
+import jax
+from absl import app, flags, logging
 
-flags.DEFINE_enum("sweep", None, list(ablation.SWEEPS), "The ablation to run (required).")
+from experiments import cli, launchers, model_flags, sweep_flags
+from jaxcnn import trainer
+from jaxcnn.ablation import records, report
+from jaxcnn.ablation.spec import Run, Sweep
+
+flags.DEFINE_bool("list", False, "Print the runs with their index and status, and stop.")
+flags.DEFINE_integer("run_index", None, "Train run I of the sweep alone, in this process "
+                     "(--run_index=$SLURM_ARRAY_TASK_ID).", lower_bound=0)
+flags.DEFINE_bool("aggregate", False, "Rewrite the sweep's runs.csv and summary files, and stop.")
+flags.DEFINE_bool("retry_failed", False, "Train again only the runs recorded as failed.")
+flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "Where the runs execute.")
+flags.DEFINE_integer("parallel", 1, "local: runs at once, each on its share of the GPUs or CPU "
+                     "cores.", lower_bound=1)
+flags.DEFINE_string("slurm_partition", None, "slurm: partition.")
+flags.DEFINE_integer("slurm_gpus_per_run", 0, "slurm: GPUs per node of each run.", lower_bound=0)
+flags.DEFINE_integer("slurm_cpus_per_run", 1, "slurm: CPUs per node of each run.", lower_bound=1)
+flags.DEFINE_integer("slurm_nodes_per_run", 1, "slurm: nodes per run (more than one: a multi-host "
+                     "run through --distributed_from_env).", lower_bound=1)
+flags.DEFINE_string("slurm_time", None, "slurm: time limit of each run, e.g. 24:00:00.")
+flags.DEFINE_integer("slurm_max_running", 0, "slurm: runs at once (the array's %N); 0: no limit.",
+                     lower_bound=0)
+flags.DEFINE_multi_string("slurm_sbatch", [], "slurm: another sbatch option, e.g. "
+                          "--slurm_sbatch=--account=lab. Repeatable.")
 FLAGS = flags.FLAGS
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """`--sweep_file=X` is `--flagfile=X`: a sweep file is a flagfile."""
+    return cli.parse_flags([f"--flagfile={a.partition('=')[2]}" if a.startswith("--sweep_file=")
+                            else a for a in argv])
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().partition("\n")[0]
+    return text if isinstance(error, cli.USER_ERRORS) else f"{type(error).__name__}: {text}"
+
+
+def train_run(sweep: Sweep, run: Run, sweep_dir: str, should_stop) -> None:
+    """Trains one run and records its result or its failure; the last run to finish rewrites the
+    sweep's report."""
+    run_dir = os.path.join(sweep_dir, run.directory)
+    if records.read(sweep_dir, run).status == records.FINISHED:
+        print(f"run {run.index} ({run.directory}) is finished: nothing to do")
+        return
+    cfg = sweep_flags.run_config(run, sweep_dir)
+    writes = jax.process_index() == 0
+    if writes:
+        records.clear_failure(run_dir)
+    logging.info("run %d of %d: %s, seed %d, in %s", run.index, len(sweep.runs()), run.config,
+                 run.seed, run_dir)
+    try:
+        state, metrics = trainer.train_and_evaluate(cfg, should_stop)
+    except Exception as e:   # whatever went wrong is this run's failure; the others go on
+        if writes:
+            records.write_failure(run_dir, run, one_line(e))
+        if FLAGS.debug:
+            raise
+        cli.fail(f"run {run.index} ({run.directory}) failed: {one_line(e)}")
+    if metrics.get("preempted"):
+        print(f"run {run.index} stopped at step {metrics['step']} with a checkpoint of it: run it "
+              f"again to resume")
+        sys.exit(should_stop.exit_status)
+    if writes:
+        result = records.write_result(run_dir, run, cfg, state, metrics)
+        print(f"run {run.index} ({run.directory}): test top-1 {100 * result['top1']:.2f}%")
+        if all(r.status != records.PENDING for r in report.read_records(sweep_dir, sweep)):
+            report.write(sweep_dir, sweep, FLAGS.baseline)
+            print(f"all runs recorded: {sweep_dir}/summary.md")
+
+
+def print_runs(sweep: Sweep, sweep_dir: str) -> None:
+    runs = report.read_records(sweep_dir, sweep)
+    axes = " x ".join(f"{a.name} ({len(a.values)})" for a in sweep.axes) or "no axes"
+    print(f"{len(runs)} runs: {len(sweep.configs())} configurations ({sweep.mode} of {axes}) "
+          f"x {sweep.seeds} seeds, in {sweep_dir}")
+    print(f"{'index':>5}  {'seed':>4}  {'status':<8}  configuration")
+    for r in runs:
+        print(f"{r.run.index:>5}  {r.run.seed:>4}  {r.status:<8}  {r.run.config}")
+
+
+def runs_to_launch(sweep: Sweep, sweep_dir: str) -> list[Run]:
+    wanted = records.FAILED if FLAGS.retry_failed else records.PENDING
+    return [r.run for r in report.read_records(sweep_dir, sweep) if r.status == wanted]
+
+
+def launch_local(sweep: Sweep, sweep_dir: str, todo: list[Run], launch, should_stop) -> bool:
+    runs = {run.index: run for run in todo}
+
+    def on_exit(index: int, status: int, log: str) -> None:
+        run = runs[index]
+        record = records.read(sweep_dir, run)
+        if status != 0 and record.status != records.FAILED:   # killed before it could say why
+            how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
+            records.write_failure(os.path.join(sweep_dir, run.directory), run,
+                                  f"{how} without a result (log: {log})")
+            record = records.read(sweep_dir, run)
+        said = {records.FINISHED: lambda d: f"test top-1 {100 * d['top1']:.2f}%",
+                records.FAILED: lambda d: f"failed: {d['reason']}",
+                records.PENDING: lambda d: "stopped with a checkpoint"}[record.status]
+        print(f"run {index} ({run.directory}) {said(record.data)}", flush=True)
+
+    jobs = [(run.index, os.path.join(sweep_dir, run.directory, "job.log")) for run in todo]
+    return launchers.run_local(launch, jobs, FLAGS.parallel, should_stop, on_exit)
 
 
 def main(argv):
     should_stop = cli.start(argv)
-    if FLAGS.sweep is None:
-        cli.fail(f"--sweep is required: one of {', '.join(ablation.SWEEPS)}")
-    FLAGS.set_default("model", ablation.sweep(FLAGS.sweep).model)
-    FLAGS.set_default("workdir", f"runs/ablate_{FLAGS.sweep}")
+    FLAGS.set_default("workdir", "runs/ablate")
     with cli.user_errors():
-        base = train_flags.config_from_flags()
-        cli.initialize_distributed()
-        results = ablation.run_sweep(FLAGS.sweep, base, FLAGS.workdir, should_stop=should_stop)
-    if should_stop():
-        print(f"stopped with {len(results)} runs finished and the current one checkpointed: run "
-              f"the same command again to resume")
-        return
-    print(ablation.markdown_table(results), end="")
-    print(f"results: {FLAGS.workdir}/results.{{csv,md,png}}")
+        sweep = sweep_flags.sweep_from_flags()
+        sweep_dir = os.path.abspath(FLAGS.workdir)
+        sweep.baseline(FLAGS.baseline)
+        sweep_flags.check_configs(sweep, sweep_dir)
+        if FLAGS.list:
+            return print_runs(sweep, sweep_dir)
+        if FLAGS.run_index is not None:
+            runs = sweep.runs()
+            if FLAGS.run_index >= len(runs):
+                raise ValueError(f"--run_index={FLAGS.run_index}: this sweep has runs 0 to "
+                                 f"{len(runs) - 1}")
+            cli.initialize_distributed()
+            return train_run(sweep, runs[FLAGS.run_index], sweep_dir, should_stop)
+        todo = [] if FLAGS.aggregate else runs_to_launch(sweep, sweep_dir)
+        if todo:
+            launch = launchers.Launch.create(sweep_dir, sweep_flags.resolved_flagfile(sweep_dir))
+            if FLAGS.launcher == "slurm":
+                return submit(sweep_dir, todo, launch)
+            if not launch_local(sweep, sweep_dir, todo, launch, should_stop):
+                print("stopped: the running runs checkpointed; run the same command again to "
+                      "resume")
+                sys.exit(should_stop.exit_status)
+        elif not FLAGS.aggregate:
+            print(f"nothing to {'retry' if FLAGS.retry_failed else 'run'}: every run of the sweep "
+                  f"is recorded (--retry_failed trains the failed ones again)")
+        summaries, table = report.write(sweep_dir, sweep, FLAGS.baseline)
+    print(table, end="")
+    print(f"summary: {sweep_dir}/summary.{{md,csv,png}}, runs.csv")
+    failed = sum(s.counts[records.FAILED] for s in summaries)
+    if failed:
+        cli.fail(f"{failed} run(s) failed (reasons above, in summary.md and in their failed.json); "
+                 f"--retry_failed trains them again")
+
+
+def submit(sweep_dir: str, todo: list[Run], launch) -> None:
+    resources = launchers.SlurmResources(
+        partition=FLAGS.slurm_partition, gpus_per_run=FLAGS.slurm_gpus_per_run,
+        cpus_per_run=FLAGS.slurm_cpus_per_run, nodes_per_run=FLAGS.slurm_nodes_per_run,
+        time=FLAGS.slurm_time, max_running=FLAGS.slurm_max_running,
+        extra=tuple(FLAGS.slurm_sbatch))
+    job = launchers.submit_slurm(launch, [r.index for r in todo], os.path.basename(sweep_dir),
+                                 resources)
+    print(f"submitted {len(todo)} runs as SLURM job array {job} ({launch.directory}/sweep.sbatch)")
+    print(f"follow:     squeue -j {job}    (logs: {launch.directory}/logs/{job}_<index>.out)")
+    print(f"aggregate:  python -m experiments.ablate --flagfile={launch.flagfile} --aggregate")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=parse_flags)

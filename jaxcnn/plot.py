@@ -1,4 +1,4 @@
-"""Figures from metrics.jsonl: the curves of a run, and the comparison of an ablation sweep's runs."""
+"""Figures from metrics.jsonl: the curves of a run, and the comparison of a sweep's configurations."""
 from __future__ import annotations
 
 import os
@@ -38,23 +38,45 @@ def plot_curves(workdir: str, filename: str = "curves.png") -> str:
     return _save(fig, workdir, filename)
 
 
-def plot_sweep(workdir: str, results: list[dict], filename: str = "results.png") -> str:
-    """Test top-1 per epoch of every run of a sweep (run "name" in workdir/name), then the final
-    top-1 and the seconds per epoch of `results` (rows of `jaxcnn.ablation`) as bars."""
-    fig, (ax_curves, ax_acc, ax_time) = _pyplot().subplots(1, 3, figsize=(13, 4))
-    names = [r["run"] for r in results]
-    for name in names:
-        points = [r for r in read_metrics(os.path.join(workdir, name)) if r["split"] == "test"]
-        ax_curves.plot([r["epoch"] for r in points], [100 * r["top1"] for r in points], "o-",
-                       label=name)
-    ax_acc.bar_label(ax_acc.bar(names, [100 * r["top1"] for r in results]), fmt="%.2f")
-    ax_time.bar_label(ax_time.bar(names, [r["seconds_per_epoch"] for r in results],
-                                  color="tab:orange"), fmt="%.1f")
-    ax_curves.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
-    ax_curves.legend()
-    ax_acc.set(ylabel="test top-1 (%)", title="final test accuracy")
-    ax_time.set(ylabel="seconds", title="training time per epoch")
-    for ax in (ax_curves, ax_acc, ax_time):
+def close(fig) -> None:
+    _pyplot().close(fig)
+
+
+def sweep_figure(sweep_dir: str, records, summaries):
+    """Left: each configuration's test top-1, mean with its 95% confidence interval and every
+    finished seed as a dot. Right: the mean test top-1 per epoch of each configuration with a
+    ±1 sd band over its seeds (`records` and `summaries` from `jaxcnn.ablation`)."""
+    import numpy as np
+    fig, (ax_acc, ax_curves) = _pyplot().subplots(
+        1, 2, figsize=(6 + 0.6 * len(summaries), 4.5), gridspec_kw={"width_ratios": [1, 1.3]})
+    names = [s.config for s in summaries]
+    for i, s in enumerate(summaries):
+        top1 = s.metrics["top1"]
+        seeds = [100 * r.data["top1"] for r in records
+                 if r.run.config == s.config and r.status == "finished"]
+        ax_acc.plot([i] * len(seeds), seeds, ".", color="0.6", zorder=1)
+        if top1.n:
+            err = None if top1.n < 2 else [[100 * (top1.mean - top1.ci_low)],
+                                           [100 * (top1.ci_high - top1.mean)]]
+            ax_acc.errorbar(i, 100 * top1.mean, yerr=err, fmt="o", capsize=5, zorder=2,
+                            color="tab:red" if s.is_baseline else "tab:blue")
+        curves = [{r["epoch"]: 100 * r["top1"] for r in read_metrics(
+                      os.path.join(sweep_dir, rec.run.directory)) if r["split"] == "test"}
+                  for rec in records if rec.run.config == s.config and rec.status == "finished"]
+        epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if epochs:
+            values = np.array([[c[e] for e in epochs] for c in curves])
+            mean, sd = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else 0 * values[0]
+            ax_curves.plot(epochs, mean, "o-", label=f"{s.config} (n={len(values)})")
+            ax_curves.fill_between(epochs, mean - sd, mean + sd, alpha=0.2)
+    ax_acc.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax_acc.set(ylabel="test top-1 (%)", title="final test top-1: mean, 95% CI, seeds")
+    ax_curves.set(xlabel="epoch", ylabel="test top-1 (%)", title="mean test top-1 ± 1 sd")
+    if ax_curves.lines:
+        ax_curves.legend(fontsize="small")
+    for ax in (ax_acc, ax_curves):
         ax.grid(alpha=0.3)
-        ax.margins(y=0.1)
-    return _save(fig, workdir, filename)
+        ax.margins(x=0.1, y=0.1)
+    fig.suptitle(os.path.basename(os.path.abspath(sweep_dir)))
+    fig.tight_layout()
+    return fig

@@ -1,74 +1,181 @@
-"""Ablation sweeps: a tiny conv_factorization sweep of LeNet-5 on the digits, its results files,
-resuming an unfinished run and skipping finished ones."""
-import csv
+"""`experiments.ablate` end to end on LeNet-5 and the embedded digits: one-line errors before
+anything trains, local parallel runs equal to sequential ones, failures recorded and retried,
+an interrupted run resumed, and a job array through a real one-node SLURM."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
-import jax
-import jax.numpy as jnp
+import pytest
+from absl import flags
 
-from jaxcnn import ablation, models, trainer
-from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from experiments import ablate as _ablate, sweep_flags  # noqa: F401  (its flags)
+from jaxcnn import trainer
+from jaxcnn.ablation import Sweep, Axis
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 8
+TINY = ("--batch_size=32", "--eval_batch_size=64", "--log_every=2", "--eval_every_epochs=0.1")
 
 
-def base_config(steps=STEPS):
-    return TrainConfig(
-        model=ModelConfig("lenet5"),
-        data=DataConfig(dataset="digits", image_size=32, channels=1, batch_size=32,
-                        eval_batch_size=64),
-        optim=OptimConfig(optimizer="adam", learning_rate=1e-3), steps=steps, log_every=2,
-        eval_every_epochs=0.1, plot=False)
+def ablate(*args, check=None, timeout=600):
+    out = subprocess.run([sys.executable, "-m", "experiments.ablate", *TINY, *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=timeout)
+    if check is not None:
+        assert out.returncode == check, out.stdout + out.stderr[-3000:]
+    return out
 
 
-def test_sweep_resumes_an_unfinished_run_writes_results_and_skips_finished_runs(tmp_path):
-    sweep = ablation.sweep("conv_factorization")
-    # An interrupted sweep: the second run stopped after 4 of its 8 steps, no result recorded.
-    factorized = ablation.run_config(base_config(steps=4), sweep.runs[1], str(tmp_path))
-    trainer.train_and_evaluate(factorized)
-
-    results = ablation.run_sweep("conv_factorization", base_config(), str(tmp_path))
-
-    train_steps = [json.loads(line)["step"] for line in open(tmp_path / "factorized/metrics.jsonl")
-                   if json.loads(line)["split"] == "train"]
-    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == STEPS   # not restarted
-    with open(tmp_path / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["run"] for r in rows] == [r["run"] for r in results] == ["full", "factorized"]
-    assert list(rows[0]) == list(ablation.COLUMNS)
-    full, fact = results
-    assert fact["options"] == '{"factorize": "2"}' and full["steps"] == fact["steps"] == STEPS
-    # conv2 (5x5, 6->16) factorised as 5x1 (6->16) then 1x5 (16->16): 1,760 weights and 32 biases
-    # instead of 2,400 and 16.
-    assert full["params"] - fact["params"] == (2400 + 16) - (1760 + 32)
-    assert fact["flops_per_image"] < full["flops_per_image"]
-    assert all(0 <= r["top1"] <= r["top5"] <= 1 and r["seconds_per_epoch"] > 0 for r in results)
-    table = (tmp_path / "results.md").read_text().splitlines()
-    assert len(table) == 4 and table[2].startswith("| full | lenet5 |")
-    assert (tmp_path / "results.png").stat().st_size > 10_000
-
-    # The same sweep from the command line: both runs are finished, nothing is trained or rewritten.
-    written = {p: os.stat(tmp_path / p).st_mtime_ns for p in
-               ("results.csv", "full/result.json", "factorized/checkpoints")}
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.ablate", "--sweep=conv_factorization", "--model=lenet5",
-         "--batch_size=32", "--eval_batch_size=64", f"--steps={STEPS}", "--log_every=2",
-         "--eval_every_epochs=0.1", f"--workdir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, check=True, timeout=300)
-    assert out.stderr.count("skipping finished run") == 2 and "run full:" not in out.stderr
-    assert "| factorized | lenet5 |" in out.stdout
-    assert {p: os.stat(tmp_path / p).st_mtime_ns for p in written} == written
+def result(workdir, run_dir):
+    with open(os.path.join(workdir, run_dir, "result.json")) as f:
+        return json.load(f)
 
 
-def test_every_run_of_every_sweep_builds_its_model():
-    for sweep in ablation.SWEEPS.values():
-        for run in sweep.runs:
-            cfg = ablation.run_config(TrainConfig(model=ModelConfig(sweep.model)), run, "w")
-            model = models.create(cfg.model.name, 10, **cfg.model.options)
-            image = jnp.zeros((1, *models.input_shape(cfg.model.name)))
-            jax.eval_shape(model.init, jax.random.key(0), image)   # checks the layer selections
-            assert cfg.workdir == os.path.join("w", run.name)
+def metric_rows(workdir, run_dir):
+    with open(os.path.join(workdir, run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if '"test"' in line]
+
+
+@pytest.fixture
+def parsed_flags():
+    def parse(*args):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["prog", *TINY, *args])
+    yield parse
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--axis=nonsense=1,2",), "no training or model flag is called 'nonsense'"),
+    (("--axis=norm=batch,group",), "configuration norm=group: flag --norm=group"),
+    (("--axis=optimizer=sgd,adam", "--momentum=0.8"),
+     "configuration optimizer=adam: --momentum does not apply to --optimizer=adam"),
+    (("--axis=factorize=none,9",), "configuration factorize=9:"),
+    (("--axis=seed=1,2",), "seed cannot be an axis (use --seeds=N"),
+    (("--axis=norm=batch,lrn", "--axis=factorize=none,2,3", "--combine=zip"),
+     "zipped axes need the same number of values"),
+    (("--axis=norm=batch,lrn", "--baseline=norm=none"), "--baseline=norm=none"),
+])
+def test_every_invalid_sweep_is_found_before_anything_trains(parsed_flags, tmp_path, args, message):
+    parsed_flags(*args)
+    with pytest.raises(ValueError) as error:
+        sweep = sweep_flags.sweep_from_flags()
+        sweep.baseline(flags.FLAGS.baseline)
+        sweep_flags.check_configs(sweep, str(tmp_path))
+    assert message in str(error.value)
+
+
+def test_the_program_says_it_in_one_line_and_creates_nothing(tmp_path):
+    out = ablate("--axis=optimizer=sgd,adam", "--momentum=0.8", f"--workdir={tmp_path / 'sweep'}",
+                 check=1)
+    assert out.stderr == ("error: configuration optimizer=adam: --momentum does not apply to "
+                          "--optimizer=adam\n")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_list_shows_every_run_of_a_sweep_file_and_trains_nothing(tmp_path):
+    out = ablate("--sweep_file=experiments/sweeps/normalization.flags", "--list",
+                 f"--workdir={tmp_path}", check=0)
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"9 runs: 3 configurations (grid of norm (3)) x 3 seeds, in {tmp_path}"
+    assert lines[2].split() == ["0", "0", "pending", "norm=none"]
+    assert lines[10].split() == ["8", "2", "pending", "norm=lrn"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_two_parallel_runs_equal_the_same_runs_made_one_after_the_other(tmp_path):
+    sweep = ("--axis=factorize=none,2", "--steps=6")
+    parallel = ablate(*sweep, "--parallel=2", f"--workdir={tmp_path / 'parallel'}", check=0)
+    sequential = ablate(*sweep, f"--workdir={tmp_path / 'sequential'}", check=0)
+    # Both started before either finished: they really ran at the same time.
+    assert parallel.stdout.index("run 1 started") < parallel.stdout.index("run 0 (")
+    assert sequential.stdout.index("run 0 (") < sequential.stdout.index("run 1 started")
+    for run_dir in ("factorize=none/seed=0", "factorize=2/seed=0"):
+        a, b = result(tmp_path / "parallel", run_dir), result(tmp_path / "sequential", run_dir)
+        assert a["steps"] == b["steps"] == 6 and a["params"] == b["params"]
+        assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        curves = [[r["loss"] for r in metric_rows(tmp_path / w, run_dir)]
+                  for w in ("parallel", "sequential")]
+        assert curves[0] == pytest.approx(curves[1], rel=1e-5) and len(curves[0]) == 2
+    assert (tmp_path / "parallel/summary.md").read_text().count("| 1 | 0 | 0 |") == 2
+    assert "| factorize=2 | 1 | 0 | 0 |" in parallel.stdout
+
+
+def test_a_failing_run_is_recorded_the_sweep_completes_and_only_it_is_retried(tmp_path):
+    sweep = ("--optimizer=sgd", "--axis=learning_rate=0.01,1e12", "--steps=6",
+             f"--workdir={tmp_path}")
+    out = ablate(*sweep, check=1)
+    assert "run 1 (learning_rate=1e12/seed=0) failed: non-finite loss or gradient" in out.stdout
+    assert out.stderr.strip().splitlines()[-1].startswith("error: 1 run(s) failed")
+    failure = json.loads((tmp_path / "learning_rate=1e12/seed=0/failed.json").read_text())
+    assert failure["index"] == 1 and "non-finite" in failure["reason"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| learning_rate=0.01 | 1 | 0 | 0 |" in summary
+    assert "| learning_rate=1e12 | 0 | 1 | 0 | – |" in summary   # counted, never averaged in
+    assert "- learning_rate=1e12, seed=0: non-finite loss" in summary
+    runs_csv = (tmp_path / "runs.csv").read_text().splitlines()
+    assert runs_csv[0].startswith("learning_rate,index,config,seed,status,top1")
+    assert [line.split(",")[4] for line in runs_csv[1:]] == ["finished", "failed"]
+
+    finished = tmp_path / "learning_rate=0.01/seed=0/result.json"
+    written = finished.stat().st_mtime_ns
+    again = ablate(*sweep, check=1)          # submitted again: nothing pending, nothing trained
+    assert "nothing to run" in again.stdout and "started" not in again.stdout
+    retry = ablate(*sweep, "--retry_failed", check=1)
+    assert "run 1 started" in retry.stdout and "run 0 started" not in retry.stdout
+    assert finished.stat().st_mtime_ns == written
+
+
+def test_a_run_resumes_from_its_checkpoint(parsed_flags, tmp_path):
+    """An interrupted run (checkpoint at step 4, no result) continues, not restarts, when its index
+    is run again, as a requeued SLURM job does."""
+    parsed_flags("--axis=factorize=none,2", "--steps=4")
+    run = Sweep((Axis("factorize", ("none", "2")),)).runs()[1]
+    trainer.train_and_evaluate(sweep_flags.run_config(run, str(tmp_path)))
+    out = ablate("--axis=factorize=none,2", "--steps=8", "--run_index=1", f"--workdir={tmp_path}",
+                 check=0)
+    assert "resumed from step 4" in out.stderr
+    train_steps = [json.loads(line)["step"] for line in open(tmp_path / "factorize=2/seed=0/metrics.jsonl")
+                   if '"train"' in line]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 8
+    assert result(tmp_path, "factorize=2/seed=0")["steps"] == 8
+    assert not (tmp_path / "summary.md").exists()   # run 0 is still pending
+
+
+def slurm_up() -> bool:
+    if shutil.which("sbatch") is None:
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return out.returncode == 0 and any(s.startswith(("idle", "mix")) for s in out.stdout.split())
+
+
+@pytest.mark.skipif(not slurm_up(), reason="no SLURM here: scripts/start_local_slurm.sh starts one")
+def test_a_sweep_runs_as_a_slurm_job_array_from_its_snapshot(tmp_path):
+    sweep = ("--axis=factorize=none,2", "--steps=4", f"--workdir={tmp_path}", "--launcher=slurm",
+             "--slurm_cpus_per_run=1", "--slurm_sbatch=--hold")
+    out = ablate(*sweep, check=0)
+    job = out.stdout.split("SLURM job array ")[1].split()[0]
+    launch = next((tmp_path / "launches").iterdir())
+    script = (launch / "sweep.sbatch").read_text()
+    assert "#SBATCH --array=0,1\n" in script and "#SBATCH --requeue\n" in script
+    assert f'--flagfile={launch}/sweep.flags --run_index="$SLURM_ARRAY_TASK_ID"' in script
+    assert f"--aggregate" in out.stdout and f"squeue -j {job}" in out.stdout
+    # The held jobs must run the code as submitted: mark the snapshot, then release them.
+    snapshot = launch / "code/experiments/ablate.py"
+    snapshot.write_text('import sys; print("ran the snapshot", file=sys.stderr)\n' +
+                        snapshot.read_text())
+    subprocess.run(["scontrol", "release", job], check=True)
+    deadline = time.time() + 400
+    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, "the SLURM jobs did not finish in time"
+        time.sleep(2)
+    logs = [(launch / "logs" / f"{job}_{i}.out").read_text() for i in (0, 1)]
+    assert all("ran the snapshot" in log for log in logs), logs[0][-2000:]
+    for run_dir in ("factorize=none/seed=0", "factorize=2/seed=0"):
+        assert result(tmp_path, run_dir)["steps"] == 4
+    # The last job to finish wrote the summary; nobody called --aggregate.
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| factorize=none | 1 | 0 | 0 |" in summary and "| factorize=2 | 1 | 0 | 0 |" in summary
+    again = ablate(*sweep[:-1], check=0)     # submitted again: every run is finished
+    assert "nothing to run" in again.stdout and "submitted" not in again.stdout

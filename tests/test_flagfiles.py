@@ -1,5 +1,6 @@
 """Every flagfile parses into a config whose model builds at the configured input size, opens with
-the command that runs it and the result to expect, and the bare command equals the quick start."""
+the command that runs it and the result to expect, and the bare command equals the quick start;
+every sweep file likewise, for each of its configurations."""
 import glob
 import os
 
@@ -8,11 +9,12 @@ import jax.numpy as jnp
 import pytest
 from absl import flags
 
-from experiments import ablate, train_flags  # noqa: F401  (ablate: its flagfiles' --sweep)
+from experiments import ablate, sweep_flags, train_flags  # noqa: F401  (ablate: its flags)
 from jaxcnn import models
 
-FLAGFILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "experiments", "flags",
-                                          "*.flags")))
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
+FLAGFILES = sorted(glob.glob(os.path.join(EXPERIMENTS, "flags", "*.flags")))
+SWEEP_FILES = sorted(glob.glob(os.path.join(EXPERIMENTS, "sweeps", "*.flags")))
 FLAGS = flags.FLAGS
 
 
@@ -51,3 +53,14 @@ def test_paddle_run_is_expressed_in_mean_loss_convention():
     assert (cfg.optim.schedule, cfg.optim.discexp_samples, cfg.data.batch_size) == (
         "discexp", 5_000_000, 128)
     assert cfg.model.name == "vgg_cifar" and cfg.epochs == 200
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)
+def test_sweep_file_builds_every_configuration_and_documents_itself(path, tmp_path):
+    text = "".join(line for line in open(path) if line.startswith("#"))
+    assert f"--sweep_file=experiments/sweeps/{os.path.basename(path)}" in text
+    assert "Tests" in text and "Expected" in text, path
+    parse(f"--flagfile={path}")
+    sweep = sweep_flags.sweep_from_flags()
+    assert len(sweep.axes) == 1 and len(sweep.configs()) >= 2
+    sweep_flags.check_configs(sweep, str(tmp_path))   # raises on a configuration that cannot build

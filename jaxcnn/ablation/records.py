@@ -1,0 +1,94 @@
+"""What a sweep's folder says about each run. A run's own directory holds `result.json` once it has
+finished or `failed.json` (with a one-line reason) once it has failed; neither means pending
+(queued, running, preempted, or killed before it could say). Each file is written atomically and
+only by its own run, so runs finishing at the same moment never touch each other's record.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+
+from jaxcnn import benchmark, input_pipeline, models, trainer
+from jaxcnn.ablation.spec import Run
+from jaxcnn.config import TrainConfig
+from jaxcnn.metric_writers import read_metrics
+
+RESULT_FILE, FAILED_FILE = "result.json", "failed.json"
+FINISHED, FAILED, PENDING = "finished", "failed", "pending"
+
+
+def write_atomically(path: str, data: bytes | str) -> None:
+    """Writes a file that readers see whole or not at all (a temporary file, then a rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    run: Run
+    status: str
+    data: dict          # result.json's or failed.json's content; {} when pending
+
+
+def read(sweep_dir: str, run: Run) -> Record:
+    for status, name in ((FINISHED, RESULT_FILE), (FAILED, FAILED_FILE)):
+        path = os.path.join(sweep_dir, run.directory, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                return Record(run, status, json.load(f))
+    return Record(run, PENDING, {})
+
+
+def write_result(run_dir: str, run: Run, cfg: TrainConfig, state, metrics: dict) -> dict:
+    """result.json of a finished run: test metrics, size, cost and speed."""
+    num_classes = input_pipeline.dataset_info(cfg.data).num_classes
+    model = models.create(cfg.model.name, num_classes, **cfg.model.options)
+    image_shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
+    rows = read_metrics(cfg.workdir)
+    result = {"index": run.index, "config": run.config, "seed": run.seed,
+              "overrides": dict(run.overrides), "model": cfg.model.name,
+              "model_options": trainer.json_safe(cfg.model.options),
+              "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
+              "params": sum(p.size for p in jax.tree.leaves(state.params)),
+              "flops_per_image": 2 * benchmark.analytic_macs(model, image_shape),
+              "seconds_per_epoch": seconds_per_epoch(rows, cfg.data.batch_size),
+              "epochs": max(r["epoch"] for r in rows if r["split"] == "test"),
+              "steps": metrics["step"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_atomically(os.path.join(run_dir, RESULT_FILE), json.dumps(result, indent=1))
+    clear_failure(run_dir)
+    return result
+
+
+def write_failure(run_dir: str, run: Run, reason: str) -> None:
+    failure = {"index": run.index, "config": run.config, "seed": run.seed,
+               "reason": " ".join(reason.split()), "failed_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_atomically(os.path.join(run_dir, FAILED_FILE), json.dumps(failure, indent=1))
+
+
+def clear_failure(run_dir: str) -> None:
+    """Forgets a recorded failure (the run is being tried again)."""
+    path = os.path.join(run_dir, FAILED_FILE)
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def seconds_per_epoch(rows: list[dict], batch_size: int) -> float:
+    """Training seconds per epoch at the median logged throughput: compilation, evaluation and
+    checkpointing are left out, and a resumed run's rows count like the others."""
+    train = [r for r in rows if r["split"] == "train"]
+    steps_per_epoch = train[-1]["step"] / train[-1]["epoch"]
+    return steps_per_epoch * batch_size / statistics.median(r["images_per_s"] for r in train)

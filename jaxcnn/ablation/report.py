@@ -1,0 +1,109 @@
+"""A sweep's results files, rewritten whole from the runs' records: `runs.csv` (one row per run),
+`summary.csv` and `summary.md` (one row per configuration) and `summary.png` (test top-1 with
+95% confidence intervals, and the mean test-accuracy curve of each configuration with a ±1 sd
+band). Each file is replaced atomically, so two runs that finish at the same moment and both
+rewrite the report leave a whole one."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+
+from jaxcnn import plot
+from jaxcnn.ablation import records as records_lib
+from jaxcnn.ablation.spec import Sweep
+from jaxcnn.ablation.stats import COSTS, METRICS, ConfigSummary, summarize
+
+RUN_COLUMNS = ("index", "config", "seed", "status", "top1", "top5", "loss", "params",
+               "flops_per_image", "seconds_per_epoch", "epochs", "steps", "reason", "directory")
+
+
+def read_records(sweep_dir: str, sweep: Sweep) -> list[records_lib.Record]:
+    return [records_lib.read(sweep_dir, run) for run in sweep.runs()]
+
+
+def write(sweep_dir: str, sweep: Sweep, baseline: str | None = None
+          ) -> tuple[list[ConfigSummary], str]:
+    """Rewrites the report of `sweep` in `sweep_dir`; returns the summaries and summary.md's text.
+    baseline: a selection such as "factorize=2" (default: the first value of every axis)."""
+    records = read_records(sweep_dir, sweep)
+    summaries = summarize(records, sweep.baseline(baseline))
+    axes = [a.name for a in sweep.axes]
+    _write_csv(os.path.join(sweep_dir, "runs.csv"), (*axes, *RUN_COLUMNS),
+               [run_row(r) for r in records])
+    _write_csv(os.path.join(sweep_dir, "summary.csv"), SUMMARY_COLUMNS,
+               [summary_row(s) for s in summaries])
+    table = markdown(summaries)
+    records_lib.write_atomically(os.path.join(sweep_dir, "summary.md"), table)
+    figure = plot.sweep_figure(sweep_dir, records, summaries)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plot.close(figure)
+    records_lib.write_atomically(os.path.join(sweep_dir, "summary.png"), buffer.getvalue())
+    return summaries, table
+
+
+def _write_csv(path: str, columns, rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    records_lib.write_atomically(path, text.getvalue())
+
+
+def run_row(record: records_lib.Record) -> dict:
+    return {**dict(record.run.overrides), **record.data, "index": record.run.index,
+            "config": record.run.config, "seed": record.run.seed, "status": record.status,
+            "directory": record.run.directory}
+
+
+SUMMARY_COLUMNS = ("config", "baseline", "n", "failed", "pending",
+                   *(f"{m}_{s}" for m in METRICS for s in ("mean", "sd", "ci_low", "ci_high", "p")),
+                   *COSTS)
+
+
+def summary_row(s: ConfigSummary) -> dict:
+    row = {"config": s.config, "baseline": s.is_baseline, "n": s.counts["finished"],
+           "failed": s.counts["failed"], "pending": s.counts["pending"], **s.costs}
+    for m, e in s.metrics.items():
+        row.update({f"{m}_mean": e.mean, f"{m}_sd": e.sd, f"{m}_ci_low": e.ci_low,
+                    f"{m}_ci_high": e.ci_high, f"{m}_p": s.p_values[m]})
+    return row
+
+
+def _pct(x: float) -> str:
+    return "–" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def _p(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:.3g}"
+
+
+def markdown(summaries: list[ConfigSummary]) -> str:
+    """One row per configuration; p is Welch's two-sided t-test of test top-1 against the
+    baseline. Failed runs are listed under the table with their reasons."""
+    base = next((s for s in summaries if s.is_baseline), None)
+    lines = ["| configuration | n | failed | pending | test top-1 % (mean ± sd) | 95% CI | "
+             "Δ top-1 | p (Welch) | test top-5 % | test loss | params | MFLOPs / image | "
+             "s / epoch |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for s in summaries:
+        top1, top5, loss = (s.metrics[m] for m in METRICS)
+        gain = math.nan if base is None else top1.mean - base.metrics["top1"].mean
+        delta = "baseline" if s.is_baseline else "–" if math.isnan(gain) else f"{100 * gain:+.2f}"
+        cost = ("–", "–", "–") if math.isnan(s.costs["params"]) else (
+            f"{s.costs['params']:,.0f}", f"{s.costs['flops_per_image'] / 1e6:,.2f}",
+            f"{s.costs['seconds_per_epoch']:.1f}")
+        sd = "" if math.isnan(top1.sd) else f" ± {_pct(top1.sd)}"
+        ci = "–" if math.isnan(top1.ci_low) else f"{_pct(top1.ci_low)} – {_pct(top1.ci_high)}"
+        lines.append(
+            f"| {s.config} | {s.counts['finished']} | {s.counts['failed']} | "
+            f"{s.counts['pending']} | {_pct(top1.mean)}{sd} | "
+            f"{ci} | {delta} | {_p(s.p_values['top1'])} | "
+            f"{_pct(top5.mean)} | {'–' if math.isnan(loss.mean) else f'{loss.mean:.4f}'} | "
+            f"{' | '.join(cost)} |")
+    failures = [f"- {s.config}, {f}" for s in summaries for f in s.failures]
+    if failures:
+        lines += ["", "Failed runs (not averaged in):", *failures]
+    return "\n".join(lines) + "\n"

@@ -31,6 +31,7 @@ def write_atomically(path: str, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide results from the rest of the lab
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

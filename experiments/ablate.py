@@ -69,21 +69,20 @@ def one_line(error: BaseException) -> str:
 def train_run(sweep: Sweep, run: Run, sweep_dir: str, should_stop) -> None:
     """Trains one run and records its result or its failure; the last run to finish rewrites the
     sweep's report."""
-    run_dir = os.path.join(sweep_dir, run.directory)
     if records.read(sweep_dir, run).status == records.FINISHED:
         print(f"run {run.index} ({run.directory}) is finished: nothing to do")
         return
     cfg = sweep_flags.run_config(run, sweep_dir)
     writes = jax.process_index() == 0
     if writes:
-        records.clear_failure(run_dir)
+        records.clear_failure(sweep_dir, run)
     logging.info("run %d of %d: %s, seed %d, in %s", run.index, len(sweep.runs()), run.config,
-                 run.seed, run_dir)
+                 run.seed, cfg.workdir)
     try:
         state, metrics = trainer.train_and_evaluate(cfg, should_stop)
     except Exception as e:   # whatever went wrong is this run's failure; the others go on
         if writes:
-            records.write_failure(run_dir, run, one_line(e))
+            records.write_failure(sweep_dir, run, one_line(e))
         if FLAGS.debug:
             raise
         cli.fail(f"run {run.index} ({run.directory}) failed: {one_line(e)}")
@@ -92,7 +91,7 @@ def train_run(sweep: Sweep, run: Run, sweep_dir: str, should_stop) -> None:
               f"again to resume")
         sys.exit(should_stop.exit_status)
     if writes:
-        result = records.write_result(run_dir, run, cfg, state, metrics)
+        result = records.write_result(run, cfg, state, metrics)
         print(f"run {run.index} ({run.directory}): test top-1 {100 * result['top1']:.2f}%")
         if all(r.status != records.PENDING for r in report.read_records(sweep_dir, sweep)):
             report.write(sweep_dir, sweep, FLAGS.baseline)
@@ -114,7 +113,7 @@ def runs_to_launch(sweep: Sweep, sweep_dir: str) -> list[Run]:
     return [r.run for r in report.read_records(sweep_dir, sweep) if r.status == wanted]
 
 
-def launch_local(sweep: Sweep, sweep_dir: str, todo: list[Run], launch, should_stop) -> bool:
+def launch_local(sweep_dir: str, todo: list[Run], launch, should_stop) -> bool:
     runs = {run.index: run for run in todo}
 
     def on_exit(index: int, status: int, log: str) -> None:
@@ -122,13 +121,15 @@ def launch_local(sweep: Sweep, sweep_dir: str, todo: list[Run], launch, should_s
         record = records.read(sweep_dir, run)
         if status != 0 and record.status != records.FAILED:   # killed before it could say why
             how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
-            records.write_failure(os.path.join(sweep_dir, run.directory), run,
-                                  f"{how} without a result (log: {log})")
+            records.write_failure(sweep_dir, run, f"{how} without a result (log: {log})")
             record = records.read(sweep_dir, run)
-        said = {records.FINISHED: lambda d: f"test top-1 {100 * d['top1']:.2f}%",
-                records.FAILED: lambda d: f"failed: {d['reason']}",
-                records.PENDING: lambda d: "stopped with a checkpoint"}[record.status]
-        print(f"run {index} ({run.directory}) {said(record.data)}", flush=True)
+        if record.status == records.FINISHED:
+            said = f"test top-1 {100 * record.data['top1']:.2f}%"
+        elif record.status == records.FAILED:
+            said = f"failed: {record.data['reason']}"
+        else:
+            said = "stopped with a checkpoint"
+        print(f"run {index} ({run.directory}) {said}", flush=True)
 
     jobs = [(run.index, os.path.join(sweep_dir, run.directory, "job.log")) for run in todo]
     return launchers.run_local(launch, jobs, FLAGS.parallel, should_stop, on_exit)
@@ -153,10 +154,11 @@ def main(argv):
             return train_run(sweep, runs[FLAGS.run_index], sweep_dir, should_stop)
         todo = [] if FLAGS.aggregate else runs_to_launch(sweep, sweep_dir)
         if todo:
-            launch = launchers.Launch.create(sweep_dir, sweep_flags.resolved_flagfile(sweep_dir))
+            flagfile = sweep_flags.resolved_flagfile(sweep, sweep_dir)
+            launch = launchers.Launch.create(sweep_dir, flagfile)
             if FLAGS.launcher == "slurm":
                 return submit(sweep_dir, todo, launch)
-            if not launch_local(sweep, sweep_dir, todo, launch, should_stop):
+            if not launch_local(sweep_dir, todo, launch, should_stop):
                 print("stopped: the running runs checkpointed; run the same command again to "
                       "resume")
                 sys.exit(should_stop.exit_status)

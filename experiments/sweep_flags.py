@@ -67,7 +67,7 @@ def run_config(run: Run, sweep_dir: str) -> TrainConfig:
 def check_configs(sweep: Sweep, sweep_dir: str) -> None:
     """Builds every configuration's TrainConfig and model (shapes only) so that a bad value or
     contradicting flags stop the sweep with one line before anything trains."""
-    for run in sweep.runs()[:len(sweep.configs())]:
+    for run in sweep.runs()[:len(sweep.configs())]:   # seed-major: the first seed of each
         cfg = run_config(run, sweep_dir)
         try:
             model = models.create(cfg.model.name, 10, **cfg.model.options)
@@ -77,7 +77,7 @@ def check_configs(sweep: Sweep, sweep_dir: str) -> None:
             raise ValueError(f"configuration {run.config}: {e}") from None
 
 
-def resolved_flagfile(sweep_dir: str) -> str:
+def resolved_flagfile(sweep: Sweep, sweep_dir: str) -> str:
     """A flagfile that recreates this sweep without the files it was read from: every training,
     model and multi-host flag that was set, the axes, and the absolute sweep directory."""
     modules = (train_flags, model_flags, cli)
@@ -87,8 +87,8 @@ def resolved_flagfile(sweep_dir: str) -> str:
             if not flag.using_default_value and flag.name not in ("workdir", "seed"):
                 lines.append(flag.serialize())
     lines += [f"--axis={a.name}={(';' if any(',' in v for v in a.values) else ',').join(a.values)}"
-              for a in sweep_from_flags().axes]
-    lines += [f"--combine={FLAGS.combine}", f"--seeds={FLAGS.seeds}",
+              for a in sweep.axes]
+    lines += [f"--combine={sweep.mode}", f"--seeds={sweep.seeds}",
               f"--workdir={os.path.abspath(sweep_dir)}"]
     if FLAGS.baseline:
         lines.append(f"--baseline={FLAGS.baseline}")

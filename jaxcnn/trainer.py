@@ -160,9 +160,12 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
             if acc["nonfinite"] > 0:
                 first = int(acc["first_nonfinite_step"])
                 if cfg.nan_policy == "stop":
+                    kept = ckpt.latest_step()
                     raise NonFiniteLossError(
-                        f"non-finite loss or gradient at step {first}; stopped with the last good "
-                        f"checkpoint (step {ckpt.latest_step()}) kept in {ckpt.directory}")
+                        f"non-finite loss or gradient at step {first}; " +
+                        (f"stopped with the last good checkpoint (step {kept}) kept in "
+                         f"{ckpt.directory}" if kept is not None
+                         else "stopped before any checkpoint was written"))
                 logging.warning("skipped %d non-finite updates (first at step %d)",
                                 int(acc["nonfinite"]), first)
             means = {k: float(acc[k]) / n_steps for k in ("loss", "top1", "top5", "learning_rate")}

@@ -54,8 +54,8 @@ def read(sweep_dir: str, run: Run) -> Record:
     return Record(run, PENDING, {})
 
 
-def write_result(run_dir: str, run: Run, cfg: TrainConfig, state, metrics: dict) -> dict:
-    """result.json of a finished run: test metrics, size, cost and speed."""
+def write_result(run: Run, cfg: TrainConfig, state, metrics: dict) -> dict:
+    """result.json, in the run's workdir, of a finished run: test metrics, size, cost and speed."""
     num_classes = input_pipeline.dataset_info(cfg.data).num_classes
     model = models.create(cfg.model.name, num_classes, **cfg.model.options)
     image_shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
@@ -69,20 +69,24 @@ def write_result(run_dir: str, run: Run, cfg: TrainConfig, state, metrics: dict)
               "seconds_per_epoch": seconds_per_epoch(rows, cfg.data.batch_size),
               "epochs": max(r["epoch"] for r in rows if r["split"] == "test"),
               "steps": metrics["step"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_atomically(os.path.join(run_dir, RESULT_FILE), json.dumps(result, indent=1))
-    clear_failure(run_dir)
+    write_atomically(os.path.join(cfg.workdir, RESULT_FILE), json.dumps(result, indent=1))
+    _remove(os.path.join(cfg.workdir, FAILED_FILE))
     return result
 
 
-def write_failure(run_dir: str, run: Run, reason: str) -> None:
+def write_failure(sweep_dir: str, run: Run, reason: str) -> None:
     failure = {"index": run.index, "config": run.config, "seed": run.seed,
                "reason": " ".join(reason.split()), "failed_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_atomically(os.path.join(run_dir, FAILED_FILE), json.dumps(failure, indent=1))
+    write_atomically(os.path.join(sweep_dir, run.directory, FAILED_FILE),
+                     json.dumps(failure, indent=1))
 
 
-def clear_failure(run_dir: str) -> None:
+def clear_failure(sweep_dir: str, run: Run) -> None:
     """Forgets a recorded failure (the run is being tried again)."""
-    path = os.path.join(run_dir, FAILED_FILE)
+    _remove(os.path.join(sweep_dir, run.directory, FAILED_FILE))
+
+
+def _remove(path: str) -> None:
     if os.path.exists(path):
         os.unlink(path)
 

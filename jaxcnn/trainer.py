@@ -165,7 +165,7 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
                         f"non-finite loss or gradient at step {first}; " +
                         (f"stopped with the last good checkpoint (step {kept}) kept in "
                          f"{ckpt.directory}" if kept is not None
-                         else "stopped before any checkpoint was written"))
+                         else f"stopped with no last good checkpoint yet in {ckpt.directory}"))
                 logging.warning("skipped %d non-finite updates (first at step %d)",
                                 int(acc["nonfinite"]), first)
             means = {k: float(acc[k]) / n_steps for k in ("loss", "top1", "top5", "learning_rate")}

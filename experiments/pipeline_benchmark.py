@@ -6,7 +6,7 @@ consumes images.
 
 Images/s of
   tf.data host      the folder pipeline alone: read + decode JPEG, pad-4 crop + flip, uint8 batches;
-  tf.data → device  input_pipeline.train_batches: the above, transferred and normalised on device;
+  tf.data → device  jaxcnn.data.train_batches: the above, transferred and normalised on device;
   device-resident   train_batches with device_resident=True: gather + crop + flip + normalise in one
                     jitted op per batch (after a one-off load of the split, reported separately);
   <model> train step  `jaxcnn.benchmark`'s train_step mode: one jaxcnn.train.train_step (SGD with
@@ -29,9 +29,10 @@ from absl import app, flags
 from jax.sharding import NamedSharding
 
 from experiments import cli
-from jaxcnn import benchmark, input_pipeline, models, parallel
+from jaxcnn import benchmark, data, models, parallel
 from jaxcnn.config import DataConfig
-from jaxcnn.datasets import Host
+from jaxcnn.data import tf_host
+from jaxcnn.data.sources import Host
 
 _TAR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10_jpg.tar.gz"
 flags.DEFINE_string("cifar10_dir", None, "extracted CIFAR-10 folder (train/<class>, test/<class>)")
@@ -57,12 +58,12 @@ def images_per_second(batches: Iterator, num_batches: int, batch_size: int) -> f
 
 
 def measure(cfg: DataConfig, sharding: NamedSharding) -> dict[str, float]:
-    rates = {"tf.data host": images_per_second(input_pipeline.host_train_batches(
+    rates = {"tf.data host": images_per_second(tf_host.host_train_batches(
         cfg, Host(), cfg.batch_size), FLAGS.num_batches, cfg.batch_size)}
-    rates["tf.data → device"] = images_per_second(input_pipeline.train_batches(cfg, sharding),
+    rates["tf.data → device"] = images_per_second(data.train_batches(cfg, sharding),
                                                   FLAGS.num_batches, cfg.batch_size)
     start = time.perf_counter()
-    resident = input_pipeline.train_batches(dataclasses.replace(cfg, device_resident=True), sharding)
+    resident = data.train_batches(dataclasses.replace(cfg, device_resident=True), sharding)
     jax.block_until_ready(next(resident))
     rates["device-resident: load + first batch (s)"] = time.perf_counter() - start
     rates["device-resident"] = images_per_second(resident, 10 * FLAGS.num_batches, cfg.batch_size)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import model_flags
-from jaxcnn import datasets, models
+from jaxcnn import models
+from jaxcnn.data import sources
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 
 # Data.
@@ -20,7 +21,10 @@ flags.DEFINE_integer("batch_size", 64, "Global training batch (all devices, all 
 flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.")
 flags.DEFINE_enum("augment", "none", ["none", "cifar", "random_resized_crop", "scale_jitter"],
                   "Training augmentation.")
-flags.DEFINE_bool("device_resident", False, "Keep the dataset on the accelerator (MNIST/CIFAR size).")
+flags.DEFINE_bool("device_resident", False, "Keep the dataset on the accelerator (MNIST/CIFAR size); "
+                  "folder datasets are then decoded with Pillow (no TensorFlow) and cached.")
+flags.DEFINE_string("cache_dir", "~/.cache/jaxcnn", "Where device-resident folder datasets keep "
+                    "their decoded splits.")
 
 # Length and bookkeeping.
 flags.DEFINE_float("epochs", 12, "Training epochs (ignored when --steps > 0).")
@@ -67,7 +71,7 @@ SCHEDULE_FLAGS = {"boundaries_epochs": ("piecewise",), "discexp_rate": ("discexp
 def validate() -> None:
     """Rejects values that cannot mean anything, and flags that contradict each other, before
     any work is done."""
-    datasets.check_name(FLAGS.dataset)
+    sources.check_name(FLAGS.dataset)
     for name in POSITIVE_FLAGS:
         if FLAGS[name].value <= 0:
             raise ValueError(f"--{name} must be positive, got {FLAGS[name].value}")
@@ -103,7 +107,7 @@ def config_from_flags() -> TrainConfig:
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=FLAGS.image_size or height,
         channels=FLAGS.channels or channels, batch_size=FLAGS.batch_size,
         eval_batch_size=FLAGS.eval_batch_size, augment=FLAGS.augment,
-        device_resident=FLAGS.device_resident, seed=FLAGS.seed)
+        device_resident=FLAGS.device_resident, cache_dir=FLAGS.cache_dir, seed=FLAGS.seed)
     optim = OptimConfig(
         optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
         l2=FLAGS.l2, weight_decay=FLAGS.weight_decay, schedule=FLAGS.schedule,

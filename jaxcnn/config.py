@@ -21,6 +21,7 @@ class DataConfig:
     eval_batch_size: int = 256       # global
     augment: str = "none"            # none | cifar | random_resized_crop | scale_jitter
     device_resident: bool = False    # keep the split on the accelerator, augment with jitted ops
+    cache_dir: str = "~/.cache/jaxcnn"   # device-resident folder datasets: decoded splits
     shuffle_buffer: int = 10_000
     prefetch: int = 2
     seed: int = 0

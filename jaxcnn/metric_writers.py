@@ -23,8 +23,12 @@ class MetricWriter:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = None
         if self.active:
-            from tensorboardX import SummaryWriter   # numpy/protobuf only: no TensorFlow
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            try:
+                from tensorboardX import SummaryWriter   # numpy/protobuf only: no TensorFlow
+                self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:
+                logging.warning("tensorboardX is not installed: metrics go to metrics.jsonl and "
+                                "the figure only (pip install tensorboardX for TensorBoard logs)")
 
     def write(self, split: str, step: int, epoch: float, metrics: dict[str, float]) -> None:
         if not self.active:
@@ -32,9 +36,10 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps({"split": split, "step": step, "epoch": round(epoch, 4),
                                 **{k: float(v) for k, v in metrics.items()}}) + "\n")
-        for name, value in metrics.items():
-            self.tb.add_scalar(f"{split}/{name}", value, step)
-        self.tb.flush()
+        if self.tb is not None:
+            for name, value in metrics.items():
+                self.tb.add_scalar(f"{split}/{name}", value, step)
+            self.tb.flush()
         shown = "  ".join(f"{k} {v:.4g}" if not k.startswith("top") else f"{k} {100 * v:.2f}%"
                           for k, v in metrics.items())
         logging.info("%s %s step %d/%d epoch %.2f  %s", split.ljust(5),

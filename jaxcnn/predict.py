@@ -9,7 +9,7 @@
 Images are brought to the model's input as the evaluation pipeline brings the test split (shorter
 side resized to the evaluation scale of the training augmentation, centre crop, channels converted
 to the model's) and normalised with
-the training dataset's own statistics (`datasets.normalization`).
+the training dataset's own statistics (`jaxcnn.data.sources.normalization`).
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from PIL import Image, ImageOps
 
 from jaxcnn import models
 from jaxcnn.config import DataConfig
-from jaxcnn.datasets import EVAL_RESIZE, normalization
-from jaxcnn.device_data import normalize
+from jaxcnn.data.device import normalize
+from jaxcnn.data.pil_ops import read_image  # noqa: F401  (part of this module's API)
+from jaxcnn.data.sources import normalization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,28 +75,3 @@ def load(workdir: str) -> Predictor:
     manager.close()
     return Predictor(model, restored["state"], list(meta["class_names"]), input_shape,
                      meta["dataset"], meta["augment"], step)
-
-
-def read_image(path: str, input_shape: tuple[int, int, int], augment: str = "none") -> np.ndarray:
-    """uint8 [H, W, C] image of any size and mode, fitted to `input_shape` (square H = W)."""
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode.startswith("I"):   # 16-bit grayscale: to 8 bits, as TF decoding does
-                image = Image.fromarray((np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8))
-            image = image.convert("L" if input_shape[2] == 1 else "RGB")
-    except OSError as e:   # missing, unreadable or not an image (PIL's UnidentifiedImageError)
-        raise ValueError(f"cannot read image {path!r}: {e}") from None
-    return np.asarray(fit(image, input_shape[0], augment)).reshape(input_shape)
-
-
-def fit(image: Image.Image, size: int, augment: str = "none") -> Image.Image:
-    """`tf_preprocess.eval_image` in PIL: the shorter side resized to the evaluation scale of the
-    training augmentation (bilinear, antialiased), then the centre size x size crop."""
-    width, height = image.size
-    scale = round(size * EVAL_RESIZE[augment]) / min(width, height)
-    new_size = (max(round(width * scale), size), max(round(height * scale), size))
-    if new_size != image.size:
-        image = image.resize(new_size, Image.Resampling.BILINEAR)
-    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
-    return image.crop((left, top, left + size, top + size))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxcnn import checkpoint, input_pipeline, models, optim, parallel, train
+from jaxcnn import checkpoint, data, models, optim, parallel, train
 from jaxcnn.models import vgg
 from jaxcnn.config import DataConfig, TrainConfig
 from jaxcnn.metric_writers import MetricWriter
@@ -60,10 +60,10 @@ class Schedule:
         return cls(steps_per_epoch, total, eval_every, cfg.checkpoint_every or eval_every)
 
 
-def evaluate(eval_step: Callable, state: train.TrainState, data: DataConfig, sharding) -> dict:
+def evaluate(eval_step: Callable, state: train.TrainState, data_cfg: DataConfig, sharding) -> dict:
     """Mean loss and top-1/top-5 accuracy over every test example exactly once."""
     sums = None
-    for batch in input_pipeline.eval_batches(data, sharding):
+    for batch in data.eval_batches(data_cfg, sharding):
         out = eval_step(state, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
@@ -81,8 +81,8 @@ def evaluation_setup(cfg: TrainConfig, model) -> tuple[DataConfig, Callable | No
     if cfg.dense_eval_size < cfg.data.image_size:
         raise ValueError(f"dense_eval_size={cfg.dense_eval_size} is smaller than the training "
                          f"image size {cfg.data.image_size}")
-    data = dataclasses.replace(cfg.data, image_size=cfg.dense_eval_size, augment="none")
-    return data, functools.partial(vgg.dense_eval_logits, model, flip=cfg.eval_flip)
+    eval_data = dataclasses.replace(cfg.data, image_size=cfg.dense_eval_size, augment="none")
+    return eval_data, functools.partial(vgg.dense_eval_logits, model, flip=cfg.eval_flip)
 
 
 def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambda: False
@@ -111,8 +111,8 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
     data_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
 
     # --- Input.
-    info = input_pipeline.dataset_info(cfg.data)
-    sched = Schedule.create(cfg, input_pipeline.steps_per_epoch(cfg.data, data_sharding))
+    info = data.dataset_info(cfg.data)
+    sched = Schedule.create(cfg, data.steps_per_epoch(cfg.data, data_sharding))
 
     # --- Model and optimiser.
     model = models.create(cfg.model.name, info.num_classes, **cfg.model.options)
@@ -150,7 +150,7 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
                             in_shardings=(replicated, data_sharding), out_shardings=replicated)
         merge = jax.jit(merge_metrics, donate_argnums=0)
 
-        batches = input_pipeline.train_batches(cfg.data, data_sharding, start_step=start_step)
+        batches = data.train_batches(cfg.data, data_sharding, start_step=start_step)
         logging.info("%s on %s: %d steps (%d per epoch), global batch %d on %d devices",
                      cfg.model.name, cfg.data.dataset, sched.total_steps, sched.steps_per_epoch,
                      cfg.data.batch_size, mesh.devices.size)

@@ -160,7 +160,7 @@ def test_a_sweep_runs_as_a_slurm_job_array_from_its_snapshot(tmp_path):
     script = (launch / "sweep.sbatch").read_text()
     assert "#SBATCH --array=0,1\n" in script and "#SBATCH --requeue\n" in script
     assert f'--flagfile={launch}/sweep.flags --run_index="$SLURM_ARRAY_TASK_ID"' in script
-    assert f"--aggregate" in out.stdout and f"squeue -j {job}" in out.stdout
+    assert "--aggregate" in out.stdout and f"squeue -j {job}" in out.stdout
     # The held jobs must run the code as submitted: mark the snapshot, then release them.
     snapshot = launch / "code/experiments/ablate.py"
     snapshot.write_text('import sys; print("ran the snapshot", file=sys.stderr)\n' +

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcnn import datasets, input_pipeline, parallel, predict, trainer
+from jaxcnn import data, parallel, predict, trainer
+from jaxcnn.data import pil_ops, sources
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +31,7 @@ def trained(tmp_path_factory):
 
 def eval_pipeline_probabilities(cfg, state) -> np.ndarray:
     """Softmax of the model on the first test images, as the evaluation pipeline feeds them."""
-    batch = next(input_pipeline.eval_batches(cfg.data, parallel.batch_sharding(parallel.data_mesh())))
+    batch = next(data.eval_batches(cfg.data, parallel.batch_sharding(parallel.data_mesh())))
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                             batch["image"][:NUM_IMAGES])
     return np.asarray(jax.nn.softmax(logits))
@@ -38,7 +39,7 @@ def eval_pipeline_probabilities(cfg, state) -> np.ndarray:
 
 def test_png_of_a_test_image_predicts_what_the_evaluation_pipeline_does(trained, tmp_path):
     workdir, cfg, state = trained
-    images, _ = datasets.digits_arrays("test", 32, 1)
+    images, _ = sources.digits_arrays("test", 32, 1)
     paths = []
     for i, image in enumerate(images[:NUM_IMAGES]):
         paths.append(tmp_path / f"{i}.png")
@@ -55,7 +56,7 @@ def test_png_of_a_test_image_predicts_what_the_evaluation_pipeline_does(trained,
 def test_any_size_and_mode_gives_probabilities(trained, tmp_path):
     workdir, _, _ = trained
     rng = np.random.default_rng(0)
-    digit = np.repeat(datasets.digits_arrays("test", 32, 1)[0][0], 3, axis=-1)
+    digit = np.repeat(sources.digits_arrays("test", 32, 1)[0][0], 3, axis=-1)
     files = {
         "gray.png": Image.fromarray(rng.integers(0, 256, (20, 28), np.uint8)),
         "rgb.jpg": Image.fromarray(rng.integers(0, 256, (64, 48, 3), np.uint8)),
@@ -78,10 +79,10 @@ def test_any_size_and_mode_gives_probabilities(trained, tmp_path):
 
 def test_fit_resizes_the_shorter_side_and_crops_the_centre():
     image = Image.fromarray(np.arange(40 * 80, dtype=np.uint8).reshape(40, 80) % 2 * 255)
-    assert predict.fit(image, 20).size == (20, 20)
+    assert pil_ops.fit(image, 20).size == (20, 20)
     half = np.zeros((10, 30), np.uint8)
     half[:, 10:20] = 255                         # a white centre third
-    assert (np.asarray(predict.fit(Image.fromarray(half), 10)) == 255).all()
+    assert (np.asarray(pil_ops.fit(Image.fromarray(half), 10)) == 255).all()
 
 
 def test_one_line_errors(trained, tmp_path):
@@ -102,7 +103,7 @@ def test_one_line_errors(trained, tmp_path):
 
 def test_command_line_prints_top_k(trained, tmp_path):
     workdir, _, _ = trained
-    Image.fromarray(datasets.digits_arrays("test", 32, 1)[0][0][..., 0]).save(tmp_path / "d.png")
+    Image.fromarray(sources.digits_arrays("test", 32, 1)[0][0][..., 0]).save(tmp_path / "d.png")
     out = subprocess.run([sys.executable, "-m", "experiments.predict", f"--workdir={workdir}",
                           "--top_k=3", str(tmp_path / "d.png")], cwd=REPO, capture_output=True,
                          text=True, check=True, timeout=120)

@@ -14,7 +14,7 @@ import time
 
 import jax
 
-from jaxcnn import benchmark, input_pipeline, models, trainer
+from jaxcnn import benchmark, data, models, trainer
 from jaxcnn.ablation.spec import Run
 from jaxcnn.config import TrainConfig
 from jaxcnn.metric_writers import read_metrics
@@ -56,7 +56,7 @@ def read(sweep_dir: str, run: Run) -> Record:
 
 def write_result(run: Run, cfg: TrainConfig, state, metrics: dict) -> dict:
     """result.json, in the run's workdir, of a finished run: test metrics, size, cost and speed."""
-    num_classes = input_pipeline.dataset_info(cfg.data).num_classes
+    num_classes = data.dataset_info(cfg.data).num_classes
     model = models.create(cfg.model.name, num_classes, **cfg.model.options)
     image_shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
     rows = read_metrics(cfg.workdir)

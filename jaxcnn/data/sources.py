@@ -2,11 +2,12 @@
 
 Three kinds of source, all giving uint8 images with the channel count the model takes:
 * TFDS names, read with tensorflow_datasets (images stay encoded until the pipeline decodes them);
-* "folder:PATH", class sub-folders of JPEG/PNG files read with tf.io (`PATH/train/<class>/*` and
-  `PATH/test/<class>/*`; without `test/`, a fixed 10% of each training class is held out);
+* "folder:PATH", class sub-folders of JPEG/PNG files (`PATH/train/<class>/*` and
+  `PATH/test/<class>/*`; without `test/`, a fixed 10% of each training class is held out), decoded
+  by tf.data when streamed and by Pillow when device-resident (jaxcnn.data.decoded);
 * "digits", scikit-learn's bundled 8x8 digits held in numpy: the quick start needs no download and no
   TensorFlow.
-TensorFlow is imported only by the first two, and kept off the accelerators.
+TensorFlow is imported only by TFDS and the streamed folder path, and kept off the accelerators.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import functools
 from typing import Callable, NamedTuple
 
 import numpy as np
+from etils import epath
 
 from jaxcnn.config import DataConfig
 
@@ -108,7 +110,7 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     if cfg.dataset == DIGITS:
         return DatasetInfo(10, [str(d) for d in range(10)], 1797 - DIGITS_NUM_TEST, DIGITS_NUM_TEST)
     if cfg.dataset.startswith(FOLDER_PREFIX):
-        files = _folder_files(cfg.dataset[len(FOLDER_PREFIX):])
+        files = folder_files(cfg.dataset[len(FOLDER_PREFIX):])
         return DatasetInfo(len(files.class_names), list(files.class_names),
                            len(files.train[0]), len(files.test[0]))
     builder = _tfds_builder(cfg)
@@ -211,26 +213,26 @@ class FolderFiles(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def _folder_files(root: str) -> FolderFiles:
+def folder_files(root: str) -> FolderFiles:
     """Lists `root/train/<class>/*.{jpg,jpeg,png}` and `root/test/<class>/...` (class names: the
     sorted train sub-folder names; other files are ignored). Without `root/test`, the first 10%
     (rounded down) of a seeded permutation of each class is the test split. Each split is put in a
-    fixed shuffled order so that contiguous host slices hold all classes."""
-    gfile = import_tf().io.gfile
-    train_dir, test_dir = f"{root}/train", f"{root}/test"
-    if not gfile.isdir(train_dir):
-        raise FileNotFoundError(f"folder dataset {root!r}: no {train_dir!r}; expected "
+    fixed shuffled order so that contiguous host slices hold all classes. Local paths and, through
+    etils.epath, cloud storage paths; TensorFlow is not needed."""
+    train_dir, test_dir = epath.Path(root, "train"), epath.Path(root, "test")
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"folder dataset {root!r}: no {str(train_dir)!r}; expected "
                                 f"{root}/train/<class>/*.jpg|png and optionally {root}/test/<class>/")
-    class_names = tuple(sorted(d.rstrip("/") for d in gfile.listdir(train_dir)
-                               if gfile.isdir(f"{train_dir}/{d}")))
+    class_names = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
     if not class_names:
-        raise ValueError(f"folder dataset {root!r}: {train_dir!r} has no class sub-folders")
-    train = [_list_images(gfile, f"{train_dir}/{c}") for c in class_names]
-    if gfile.isdir(test_dir):
-        extra = sorted({d.rstrip("/") for d in gfile.listdir(test_dir)} - set(class_names))
+        raise ValueError(f"folder dataset {root!r}: {str(train_dir)!r} has no class sub-folders")
+    train = [_list_images(train_dir / c) for c in class_names]
+    if test_dir.is_dir():
+        extra = sorted({d.name for d in test_dir.iterdir()} - set(class_names))
         if extra:
-            raise ValueError(f"folder dataset {root!r}: test classes {extra} are not in {train_dir!r}")
-        test = [_list_images(gfile, f"{test_dir}/{c}", required=False) for c in class_names]
+            raise ValueError(f"folder dataset {root!r}: test classes {extra} are not in "
+                             f"{str(train_dir)!r}")
+        test = [_list_images(test_dir / c, required=False) for c in class_names]
     else:
         train, test = zip(*(_hold_out(files, seed=i) for i, files in enumerate(train)))
     return FolderFiles(class_names, _shuffled_split(train), _shuffled_split(test))
@@ -243,11 +245,11 @@ def _hold_out(files: list[str], seed: int) -> tuple[list[str], list[str]]:
     return ([files[j] for j in sorted(order[num_test:])], [files[j] for j in sorted(order[:num_test])])
 
 
-def _list_images(gfile, directory: str, required: bool = True) -> list[str]:
-    files = sorted(f"{directory}/{f}" for f in gfile.listdir(directory)
-                   if f.lower().endswith(IMAGE_EXTENSIONS)) if gfile.isdir(directory) else []
+def _list_images(directory: epath.Path, required: bool = True) -> list[str]:
+    files = sorted(str(f) for f in directory.iterdir()
+                   if f.name.lower().endswith(IMAGE_EXTENSIONS)) if directory.is_dir() else []
     if required and not files:
-        raise ValueError(f"folder dataset: no {'/'.join(IMAGE_EXTENSIONS)} files in {directory!r}")
+        raise ValueError(f"folder dataset: no {'/'.join(IMAGE_EXTENSIONS)} files in {str(directory)!r}")
     return files
 
 
@@ -270,7 +272,7 @@ def _read_image_file(tf, path, channels: int):
 
 def _folder_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:
     tf = import_tf()
-    files = _folder_files(cfg.dataset[len(FOLDER_PREFIX):])
+    files = folder_files(cfg.dataset[len(FOLDER_PREFIX):])
     paths, labels = files.train if split == "train" else files.test
     part = host_slice(len(paths), host, drop_remainder)
     paths, labels = paths[part], labels[part]

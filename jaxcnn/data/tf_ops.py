@@ -3,8 +3,8 @@ augmentations. Images stay uint8 (normalisation happens on the device); randomne
 seeded per example, so pixels depend neither on thread timing nor on where a run was resumed."""
 from __future__ import annotations
 
-from jaxcnn.datasets import EVAL_RESIZE, import_tf
-from jaxcnn.device_data import CIFAR_PAD
+from jaxcnn.data.device import CIFAR_PAD
+from jaxcnn.data.sources import EVAL_RESIZE, import_tf
 
 tf = import_tf()
 

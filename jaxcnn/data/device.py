@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxcnn.config import DataConfig
-from jaxcnn.datasets import normalization
+from jaxcnn.data.sources import normalization
 
 CIFAR_PAD = 4
 AUGMENTS = ("none", "cifar")

@@ -46,7 +46,7 @@ def copy_weights(params, twin):
 
 @pytest.mark.parametrize("name, size", [("lenet5", 32), ("convnet_cifar", 24)])
 def test_twin_computes_jaxcnn_logits_with_its_weights(name, size):
-    x = np.asarray(jax.random.normal(jax.random.key(1), (3, *_shape(name, size))))
+    x = np.array(jax.random.normal(jax.random.key(1), (3, *_shape(name, size))))   # writable
     model = models.create(name, 10)
     variables = jax.jit(model.init)(jax.random.key(0), x)
     want = jax.jit(model.apply)(variables, x)

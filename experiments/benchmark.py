@@ -7,35 +7,31 @@
 Prints, per mode, seconds per batch (mean ± sd over the timed batches), images/s, compile time,
 FLOPs per image (analytic and XLA's), TFLOP/s and MFU; with torch, the same mode of the plain
 PyTorch twin (`experiments.torch_reference`) is timed too, batch for batch in alternation with
-jaxcnn so that both see the same machine load, and the ratio jaxcnn / torch is printed.
+jaxcnn so that both see the same machine load, and the ratio jaxcnn / torch is printed. Every
+figure comes with the CPU, both frameworks' threads, XLA's flags and compiler options, and the
+load average before and after each mode; a ratio taken under load is marked unreliable
+(`experiments.machine`).
 """
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
+import sys
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from experiments import cli, model_flags
-from jaxcnn import benchmark, models
+from experiments import cli, machine, model_flags, timing_flags
+from jaxcnn import benchmark, models, xla_options
 
 flags.DEFINE_integer("num_classes", 1000, "classifier outputs", lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "images per batch", lower_bound=1)
 flags.DEFINE_integer("image_size", None, "square input side; default: the model's design size",
                      lower_bound=1)
-flags.DEFINE_integer("num_batches", 100, "timed batches per mode", lower_bound=1)
-flags.DEFINE_integer("burn_in", 10, "untimed batches before timing", lower_bound=0)
-flags.DEFINE_list("modes", list(benchmark.MODES), f"any of {', '.join(benchmark.MODES)}")
-flags.register_validator("modes", lambda modes: set(modes) <= set(benchmark.MODES),
-                         f"valid modes: {', '.join(benchmark.MODES)}")
 flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
-flags.DEFINE_bool("torch", importlib.util.find_spec("torch") is not None,
-                  "also time the plain-PyTorch twin (default: on when torch is importable)")
 flags.DEFINE_integer("seed", 0, "seed of the images and parameters")
 FLAGS = flags.FLAGS
 FLAGS.set_default("model", "alexnet")
@@ -43,10 +39,11 @@ FLAGS.set_default("model", "alexnet")
 
 class TorchTwin(NamedTuple):
     params: int
+    threads: int          # torch.get_num_threads()
     make_step: Callable   # (image_shape=, mode=) -> one blocking call of that mode
 
 
-def torch_twin(name: str) -> TorchTwin | None:
+def torch_twin(name: str, image_shape: tuple[int, int, int]) -> TorchTwin | None:
     """The plain-PyTorch model of `name`, or None when there is none (or when model options it
     does not reproduce are set)."""
     from experiments import torch_reference  # noqa: PLC0415  (torch is optional)
@@ -61,8 +58,8 @@ def torch_twin(name: str) -> TorchTwin | None:
               "timing jaxcnn only")
         return None
     torch.manual_seed(FLAGS.seed)
-    model = torch_reference.create(name, FLAGS.num_classes)
-    return TorchTwin(torch_reference.num_params(model), functools.partial(
+    model = torch_reference.create(name, FLAGS.num_classes, image_shape)
+    return TorchTwin(torch_reference.num_params(model), torch.get_num_threads(), functools.partial(
         torch_reference.make_step, model, FLAGS.num_classes, batch_size=FLAGS.batch_size,
         dtype=getattr(torch, FLAGS.dtype)))
 
@@ -78,15 +75,16 @@ def table(header: str, rows: list[dict]) -> str:
                      f"{row['mean_s']:>13.4f} ± {row['std_s']:<8.4f}{row['images_per_s']:>11.1f}"
                      f"{tflops:>9}{mfu:>7}")
         if row["impl"] == "torch":
-            lines.append(f"{'':<17}jaxcnn / torch = {row['ratio']:.2f}x")
+            mark = "" if row["reliable"] else " UNRELIABLE (machine under load)"
+            lines.append(f"{'':<17}jaxcnn / torch = {row['ratio']:.2f}x{mark}, load average "
+                         f"{row['load_before'][0]:.2f} before, {row['load_after'][0]:.2f} after")
     return "\n".join(lines)
 
 
 def main(argv):
     cli.check_no_arguments(argv)
     cli.quiet()
-    if FLAGS.torch and importlib.util.find_spec("torch") is None:
-        cli.fail("--torch needs PyTorch (pip install torch), or pass --notorch")
+    timing_flags.check_torch()
     with cli.user_errors():
         run()
 
@@ -97,37 +95,47 @@ def run():
     model = models.create(FLAGS.model, FLAGS.num_classes, **{**options, "dtype": dtype})
     h, w, c = models.input_shape(FLAGS.model)
     image_shape = (h, w, c) if FLAGS.image_size is None else (FLAGS.image_size,) * 2 + (c,)
-    twin = torch_twin(FLAGS.model) if FLAGS.torch else None
+    twin = torch_twin(FLAGS.model, image_shape) if FLAGS.torch else None
     rows = []
     for mode in FLAGS.modes:
         compiled = benchmark.compile_mode(model, image_shape, FLAGS.batch_size, mode, FLAGS.seed,
                                           input_dtype=dtype)
         calls = [compiled.call] + ([twin.make_step(image_shape=image_shape, mode=mode)] if twin else [])
+        load_before = os.getloadavg()
         seconds = benchmark.time_calls(*calls, burn_in=FLAGS.burn_in, num_batches=FLAGS.num_batches)
+        load = machine.load_check(load_before, os.getloadavg(), os.cpu_count())
         timing = compiled.timing(seconds[0])
-        rows.append({**timing.as_dict(), "impl": "jaxcnn"})
+        rows.append({**timing.as_dict(), "impl": "jaxcnn", **load})
         if twin:
             torch_timing = compiled.timing(seconds[1])
             rows.append({**torch_timing.as_dict(), "impl": "torch", "compile_s": None,
-                         "xla_flops": None, "ratio": timing.mean_s / torch_timing.mean_s})
+                         "xla_flops": None, "ratio": timing.mean_s / torch_timing.mean_s, **load})
+            if not load["reliable"]:
+                print(f"{mode}: {machine.load_warning(load)}", file=sys.stderr)
     params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
         model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))["params"]))
     forward_flops = 2 * benchmark.analytic_macs(model, image_shape)
-    config = {"model": FLAGS.model, "options": options, "image_shape": image_shape,
+    config = {"model": FLAGS.model, "num_classes": FLAGS.num_classes, "options": options,
+              "image_shape": image_shape,
               "batch_size": FLAGS.batch_size, "dtype": FLAGS.dtype,
               "num_batches": FLAGS.num_batches, "burn_in": FLAGS.burn_in,
-              "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": params,
+              "device": jax.devices()[0].device_kind,
+              "machine": machine.record(twin and twin.threads),
+              "compiler_options": xla_options.compiler_options(), "params": params,
               "torch_params": twin and twin.params, "forward_flops_per_image": forward_flops}
     if FLAGS.json:
         print(json.dumps({"config": config, "results": rows}))
         return
     xla = ", ".join(f"{r['mode']} {r['xla_flops'] / 1e9:.3f}" for r in rows
                     if r["impl"] == "jaxcnn" and r["xla_flops"])
+    host = config["machine"]
     print(table(
         f"{FLAGS.model} {options or ''} {'x'.join(map(str, image_shape))}, batch "
-        f"{FLAGS.batch_size}, {FLAGS.dtype}, {config['device']} ({os.cpu_count()} cores), "
+        f"{FLAGS.batch_size}, {FLAGS.dtype}, {config['device']}, "
         f"{FLAGS.num_batches} batches after {FLAGS.burn_in} burn-in\n"
+        f"{host['cpu']}, {host['cpu_count']} cores; XLA {host['xla_threads']} threads, "
+        f"XLA_FLAGS={host['xla_flags']!r}, compiler options {config['compiler_options']}"
+        + (f"; torch {host['torch_threads']} threads" if twin else "") + "\n"
         f"params {params:,}" + (f" (torch {twin.params:,})" if twin else "") +
         f"; forward {forward_flops / 2e9:.3f} GMACs = {forward_flops / 1e9:.3f} GFLOP/image "
         f"(analytic); XLA cost analysis GFLOP/image: {xla or 'n/a'}", rows))

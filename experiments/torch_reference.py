@@ -1,7 +1,9 @@
 """Plain-PyTorch twins of some zoo models (channels_last), to time jaxcnn against oneDNN.
 
 Optional: importing this module needs torch (not a jaxcnn requirement). Only the architectures
-are reproduced (same layers, shapes and parameter counts as `jaxcnn.models`), not the init.
+are reproduced (same layers, shapes and parameter counts as `jaxcnn.models` for the same (H, W, C)
+input), not the init. Feature maps are flattened in torch's (C, H, W) order, jaxcnn's is (H, W, C):
+the same layers, but a copied first FC kernel needs its rows permuted unless the map is 1×1.
 The timing protocol mirrors `jaxcnn.benchmark`: eval-mode forward under `torch.inference_mode`,
 train-mode forward-backward to the gradients of `sum(logits**2) / 2`, SGD-momentum train step.
 """
@@ -15,6 +17,8 @@ from torch import nn
 
 from jaxcnn.models.vgg import CFGS, CifarVGG, conv_layers
 
+Shape = tuple[int, int, int]   # (H, W, C), as jaxcnn's inputs
+
 
 def _conv_bn_relu(cin: int, cout: int, k: int, batch_norm: bool, **kwargs) -> list[nn.Module]:
     conv = nn.Conv2d(cin, cout, k, padding=kwargs.pop("padding", k // 2), **kwargs)
@@ -27,9 +31,10 @@ def _classifier(fan_in: int, num_classes: int, dropout: float = 0.5) -> nn.Seque
                          nn.Linear(4096, num_classes))
 
 
-def vgg(cfg: str, num_classes: int, batch_norm: bool = False) -> nn.Sequential:
+def vgg(cfg: str, num_classes: int, image_shape: Shape, batch_norm: bool = False
+        ) -> nn.Sequential:
     """`jaxcnn.models.VGG` for a Table-1 configuration without LRN ("A", "B", "C", "D", "E")."""
-    layers, cin = [], 3
+    layers, cin = [], image_shape[-1]
     for c in CFGS[cfg]:
         if c == "M":
             layers.append(nn.MaxPool2d(2, 2))
@@ -41,10 +46,10 @@ def vgg(cfg: str, num_classes: int, batch_norm: bool = False) -> nn.Sequential:
                          _classifier(cin * 49, num_classes))
 
 
-def alexnet(num_classes: int) -> nn.Sequential:
+def alexnet(num_classes: int, image_shape: Shape) -> nn.Sequential:
     """`jaxcnn.models.AlexNet` (torchvision widths, no LRN, no groups)."""
     return nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(image_shape[-1], 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
         nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
@@ -52,15 +57,17 @@ def alexnet(num_classes: int) -> nn.Sequential:
         nn.AdaptiveAvgPool2d(6), nn.Flatten(), _classifier(256 * 36, num_classes))
 
 
-def vgg_cifar(num_classes: int) -> nn.Sequential:
+def vgg_cifar(num_classes: int, image_shape: Shape) -> nn.Sequential:
     """`jaxcnn.models.CifarVGG`, the PaddlePaddle CIFAR-10 VGG (32×32 input)."""
-    layers, cin = [], 3
+    (h, w, cin), layers = image_shape, []
     for width, rates in CifarVGG.groups:
         for rate in rates:
             layers += [*_conv_bn_relu(cin, width, 3, batch_norm=True), nn.Dropout(rate)]
             cin = width
         layers.append(nn.MaxPool2d(2, 2))
-    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.5), nn.Linear(512, 512),
+    side = 2 ** len(CifarVGG.groups)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.5),
+                         nn.Linear(cin * (h // side) * (w // side), 512),
                          nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 512),
                          nn.Linear(512, num_classes))
 
@@ -70,28 +77,44 @@ class _SpatialMean(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def convnet_cifar(num_classes: int, width: int = 64) -> nn.Sequential:
-    """`jaxcnn.models.ConvNetCifar` (24×24 input, even sizes: torch's 2×2 pool equals SAME)."""
-    return nn.Sequential(*_conv_bn_relu(3, width, 5, False), nn.MaxPool2d(2, 2),
+def convnet_cifar(num_classes: int, image_shape: Shape, width: int = 64) -> nn.Sequential:
+    """`jaxcnn.models.ConvNetCifar` (24×24 input; sides divisible by 4: torch's 2×2 pool equals
+    SAME there)."""
+    return nn.Sequential(*_conv_bn_relu(image_shape[-1], width, 5, False), nn.MaxPool2d(2, 2),
                          *_conv_bn_relu(width, width, 5, False), nn.MaxPool2d(2, 2),
                          nn.Conv2d(width, num_classes, 5, padding=2), _SpatialMean())
 
 
-BUILDERS = {
+def lenet5(num_classes: int, image_shape: Shape) -> nn.Sequential:
+    """`jaxcnn.models.LeNet5` as built by default (no norm, dropout 0): VALID 5×5 convs, 2×2/2
+    average pools, FC-84, FC-classes."""
+    h, w, c = image_shape
+    side = lambda n: ((n - 4) // 2 - 4) // 2 - 4      # conv3's output side
+    return nn.Sequential(nn.Conv2d(c, 6, 5), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(16, 120, 5), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(120 * side(h) * side(w), 84), nn.ReLU(),
+                         nn.Linear(84, num_classes))
+
+
+BUILDERS = {  # name -> (num_classes, image_shape) -> model
+    "lenet5": lenet5,
     "alexnet": alexnet,
     "vgg_cifar": vgg_cifar,
     "convnet_cifar": convnet_cifar,
-    **{name: (lambda n, cfg=cfg: vgg(cfg, n)) for name, cfg in
+    **{name: (lambda n, shape, cfg=cfg: vgg(cfg, n, shape)) for name, cfg in
        (("vgg11", "A"), ("vgg13", "B"), ("vgg16c", "C"), ("vgg16", "D"), ("vgg19", "E"))},
-    **{f"{name}_bn": (lambda n, cfg=cfg: vgg(cfg, n, batch_norm=True)) for name, cfg in
+    **{f"{name}_bn": (lambda n, shape, cfg=cfg: vgg(cfg, n, shape, batch_norm=True))
+       for name, cfg in
        (("vgg11", "A"), ("vgg13", "B"), ("vgg16c", "C"), ("vgg16", "D"), ("vgg19", "E"))},
 }
 
 
-def create(name: str, num_classes: int) -> nn.Module:
+def create(name: str, num_classes: int, image_shape: Shape) -> nn.Module:
+    """The twin of jaxcnn's `name` for (H, W, C) inputs `image_shape`, stored channels_last."""
     if name not in BUILDERS:
         raise ValueError(f"no PyTorch reference for {name!r}; have: {', '.join(BUILDERS)}")
-    return BUILDERS[name](num_classes).to(memory_format=torch.channels_last)
+    return BUILDERS[name](num_classes, image_shape).to(memory_format=torch.channels_last)
 
 
 def num_params(model: nn.Module) -> int:

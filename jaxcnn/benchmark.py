@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import optim, train
+from jaxcnn import optim, train, xla_options
 from jaxcnn.config import OptimConfig
 
 MODES = ("forward", "forward_backward", "train_step")
@@ -76,24 +76,33 @@ def peak_flops(device: jax.Device, dtype) -> float | None:
     return None
 
 
+def layer_calls(model: nn.Module, image_shape: tuple[int, ...], batch_size: int = 1
+                ) -> list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]]:
+    """(module, input shape, output shape) of every `nn.Conv` and `nn.Dense` call in one forward
+    pass of `batch_size` images, in call order (shapes only: nothing is computed)."""
+    calls = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and isinstance(context.module, (nn.Conv, nn.Dense)):
+            calls.append((context.module, args[0].shape, out.shape))
+        return out
+
+    x = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), x)
+    return calls
+
+
 def analytic_macs(model: nn.Module, image_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one image's forward pass through every `nn.Conv` and `nn.Dense`,
     from the shapes the layers see (the convention behind VGG16's 15.47 G, AlexNet's 0.714 G)."""
     macs = 0
-
-    def count(next_fun, args, kwargs, context):
-        nonlocal macs
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and isinstance(context.module, (nn.Conv, nn.Dense)):
-            module, fan_in = context.module, args[0].shape[-1]
-            if isinstance(module, nn.Conv):
-                fan_in = fan_in // module.feature_group_count * math.prod(module.kernel_size)
-            macs += math.prod(out.shape) * fan_in
-        return out
-
-    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    with nn.intercept_methods(count):
-        jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), x)
+    for module, in_shape, out_shape in layer_calls(model, image_shape):
+        fan_in = in_shape[-1]
+        if isinstance(module, nn.Conv):
+            fan_in = fan_in // module.feature_group_count * math.prod(module.kernel_size)
+        macs += math.prod(out_shape) * fan_in
     return macs
 
 
@@ -136,10 +145,16 @@ def time_calls(*calls: Callable[[], Any], burn_in: int, num_batches: int) -> lis
     return [np.asarray(seconds) for seconds in durations]
 
 
-def compile_step(fn: Callable, args: tuple) -> tuple[Callable, float, float | None]:
-    """`fn` jitted and compiled for `args`: (compiled, trace+lower+compile seconds, XLA FLOPs)."""
+def compile_step(fn: Callable, args: tuple, compiler_options: dict | None = None
+                 ) -> tuple[Callable, float, float | None]:
+    """`fn` jitted and compiled for `args`: (compiled, trace+lower+compile seconds, XLA FLOPs).
+
+    compiler_options: XLA's; None means jaxcnn's choice for the backend (`xla_options`), {} XLA's
+    own defaults."""
+    if compiler_options is None:
+        compiler_options = xla_options.compiler_options()
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jax.jit(fn, compiler_options=compiler_options).lower(*args).compile()
     seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):     # older jaxlibs: one dict per computation
@@ -180,8 +195,10 @@ class CompiledMode:
 
 
 def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int, mode: str,
-                 seed: int = 0, input_dtype=jnp.float32) -> CompiledMode:
-    """`mode` of `model` compiled for random (batch_size, *image_shape) images made on the device."""
+                 seed: int = 0, input_dtype=jnp.float32, compiler_options: dict | None = None
+                 ) -> CompiledMode:
+    """`mode` of `model` compiled for random (batch_size, *image_shape) images made on the device
+    (`compiler_options`: see `compile_step`)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     image_key, init_key = jax.random.split(jax.random.key(seed))
@@ -192,7 +209,7 @@ def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size
     else:
         variables = jax.jit(model.init)(init_key, images[:1])
         fn, args = (forward if mode == "forward" else forward_backward)(model), (variables, images)
-    compiled, compile_s, xla_flops = compile_step(fn, args)
+    compiled, compile_s, xla_flops = compile_step(fn, args, compiler_options)
 
     def call():
         nonlocal args

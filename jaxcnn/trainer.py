@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxcnn import checkpoint, data, models, optim, parallel, train
+from jaxcnn import checkpoint, data, models, optim, parallel, train, xla_options
 from jaxcnn.models import vgg
 from jaxcnn.config import DataConfig, TrainConfig
 from jaxcnn.metric_writers import MetricWriter
@@ -145,9 +145,11 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
         train_step = jax.jit(functools.partial(train.train_step,
                                                label_smoothing=cfg.optim.label_smoothing),
                              in_shardings=(replicated, data_sharding),
-                             out_shardings=(replicated, replicated), donate_argnums=0)
+                             out_shardings=(replicated, replicated), donate_argnums=0,
+                             compiler_options=xla_options.compiler_options())
         eval_step = jax.jit(functools.partial(train.eval_step, logits_fn=logits_fn),
-                            in_shardings=(replicated, data_sharding), out_shardings=replicated)
+                            in_shardings=(replicated, data_sharding), out_shardings=replicated,
+                            compiler_options=xla_options.compiler_options())
         merge = jax.jit(merge_metrics, donate_argnums=0)
 
         batches = data.train_batches(cfg.data, data_sharding, start_step=start_step)

@@ -83,3 +83,52 @@ def test_cli_json_parses():
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert [r["mode"] for r in out["results"]] == ["forward", "forward_backward"]
     assert out["config"]["params"] > 0 and out["results"][0]["images_per_s"] > 0
+
+
+def test_cli_records_the_machine_and_marks_loaded_ratios():
+    torch = pytest.importorskip("torch", reason="PyTorch is optional (not in requirements.txt)")
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", "--model=lenet5", "--num_classes=5",
+         "--batch_size=2", "--image_size=32", "--num_batches=1", "--burn_in=0", "--json",
+         "--modes=forward", "--torch"],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    host = out["config"]["machine"]
+    assert host["cpu"] and host["torch_threads"] == torch.get_num_threads()
+    assert out["config"]["torch_params"] == out["config"]["params"]
+    jaxcnn, twin = out["results"]
+    assert twin["impl"] == "torch" and twin["ratio"] > 0
+    assert jaxcnn["load_before"] == twin["load_before"] and len(twin["load_after"]) == 3
+    # The verdict is the machine's (tests/test_machine.py checks the rule with fake loads).
+    assert ("unreliable" in result.stderr) == (not twin["reliable"])
+
+
+def test_ratio_table_marks_unreliable_ratios():
+    from experiments import torch_ratios
+
+    host = {"cpu": "Some CPU", "cpu_count": 2, "xla_threads": 2, "xla_flags": "",
+            "torch_threads": 2}
+    config = {"model": "lenet5", "num_classes": 10, "image_shape": [32, 32, 1], "batch_size": 256,
+              "dtype": "float32", "num_batches": 10, "burn_in": 3, "machine": host,
+              "compiler_options": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+    load = lambda before, after: {"load_before": [before, 0, 0], "load_after": [after, 0, 0],
+                                  "reliable": max(before, after) <= 1}
+    results = [{"impl": "jaxcnn", "mode": "forward", "mean_s": 0.05},
+               {"impl": "torch", "mode": "forward", "mean_s": 0.04, "ratio": 1.25,
+                **load(0.5, 0.9)},
+               {"impl": "jaxcnn", "mode": "forward_backward", "mean_s": 0.2},
+               {"impl": "torch", "mode": "forward_backward", "mean_s": 0.1, "ratio": 2.0,
+                **load(0.9, 3.2)}]
+    assert torch_ratios.markdown([{"config": config, "results": results}]).splitlines() == [
+        "Some CPU, 2 cores; XLA 2 threads, XLA_FLAGS='', compiler options "
+        "{'xla_cpu_experimental_ynn_fusion_type': ''}; torch 2 threads; float32, 10 batches "
+        "after 3 burn-in",
+        "",
+        "| model, image, batch (classes) | mode | jaxcnn s/batch | torch s/batch | jaxcnn / torch "
+        "| load before → after |",
+        "|---|---|--:|--:|--:|---|",
+        "| lenet5, 32, 256 (10) | forward | 0.0500 | 0.0400 | 1.25x | 0.50 → 0.90 |",
+        "| lenet5, 32, 256 (10) | forward_backward | 0.2000 | 0.1000 | 2.00x (unreliable) | "
+        "0.90 → 3.20 |"]

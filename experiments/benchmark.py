@@ -101,9 +101,9 @@ def run():
         compiled = benchmark.compile_mode(model, image_shape, FLAGS.batch_size, mode, FLAGS.seed,
                                           input_dtype=dtype)
         calls = [compiled.call] + ([twin.make_step(image_shape=image_shape, mode=mode)] if twin else [])
-        load_before = os.getloadavg()
+        load_before, others = os.getloadavg(), machine.OtherProcesses().start()
         seconds = benchmark.time_calls(*calls, burn_in=FLAGS.burn_in, num_batches=FLAGS.num_batches)
-        load = machine.load_check(load_before, os.getloadavg(), os.cpu_count())
+        load = machine.load_check(load_before, os.getloadavg(), os.cpu_count(), others.stop())
         timing = compiled.timing(seconds[0])
         rows.append({**timing.as_dict(), "impl": "jaxcnn", **load})
         if twin:

@@ -2,14 +2,16 @@
 
 On a shared machine PyTorch's OpenMP threads lose far more to other processes than XLA's do
 (../shared/PERF_NOTES.md: vgg_cifar read 0.66x at a load of 5-9, 1.45x idle), so a jaxcnn/torch
-ratio is marked unreliable when the 1-minute load average before or after its timing exceeds half
-the cores. The benchmark's own threads count in the reading after it: a long run on an idle
-2-core machine can read above 1 there by itself, which errs on the side of "unreliable".
+ratio is marked unreliable when the 1-minute load average before its timing, or the CPU time
+other processes took during it, exceeds half the cores. The load average after the timing is
+recorded too, but it counts the benchmark's own threads (a long run on an idle 2-core machine
+reads about 2 there by itself), so the verdict uses /proc/stat's busy time minus this process's.
 """
 from __future__ import annotations
 
 import os
 import platform
+import time
 from typing import Sequence
 
 LOAD_LIMIT_PER_CORE = 0.5
@@ -36,19 +38,54 @@ def record(torch_threads: int | None = None) -> dict:
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch_threads}
 
 
-def load_check(before: Sequence[float], after: Sequence[float], cpu_count: int) -> dict:
-    """The load averages (1, 5, 15 min) around a timing, and whether a ratio taken then is
-    reliable: both 1-minute readings at most half the cores."""
+class OtherProcesses:
+    """Cores' worth of CPU that processes other than this one used between start() and stop():
+    the busy time of all CPUs (/proc/stat) minus this process's own (all its threads), per
+    second of wall time. None where /proc/stat is missing (not Linux)."""
+
+    def start(self) -> "OtherProcesses":
+        self._start = self._read()
+        return self
+
+    def stop(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None:
+            return None
+        (busy0, own0, wall0), (busy1, own1, wall1) = self._start, end
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (wall1 - wall0))
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(x) for x in f.readline().split()[1:9]]
+        except OSError:
+            return None
+        busy = sum(ticks) - ticks[3] - ticks[4]   # all but idle and iowait
+        own = sum(os.times()[:2])                 # user + system of this process's threads
+        return busy / os.sysconf("SC_CLK_TCK"), own, time.monotonic()
+
+
+def load_check(before: Sequence[float], after: Sequence[float], cpu_count: int,
+               others: float | None = None) -> dict:
+    """The load averages (1, 5, 15 min) around a timing and the cores other processes used during
+    it (`OtherProcesses`), and whether a ratio taken then is reliable: the 1-minute load before
+    and the others' use during it both at most half the cores (without `others`, the load after
+    it stands in)."""
     limit = LOAD_LIMIT_PER_CORE * cpu_count
+    during = after[0] if others is None else others
     return {"load_before": [round(x, 2) for x in before],
             "load_after": [round(x, 2) for x in after],
-            "load_limit": limit, "reliable": max(before[0], after[0]) <= limit}
+            "others_during": None if others is None else round(others, 2),
+            "load_limit": limit, "reliable": max(before[0], during) <= limit}
 
 
 def load_warning(check: dict, what: str = "the jaxcnn/torch ratio") -> str | None:
     """One line for an unreliable timing, None for a reliable one."""
     if check["reliable"]:
         return None
+    during = ("" if check["others_during"] is None
+              else f", other processes used {check['others_during']:.2f} cores during it")
     return (f"warning: 1-minute load average {check['load_before'][0]:.2f} before, "
-            f"{check['load_after'][0]:.2f} after the timing exceeds {check['load_limit']:g} "
-            f"(half the cores): {what} is unreliable")
+            f"{check['load_after'][0]:.2f} after the timing{during}; the limit is "
+            f"{check['load_limit']:g} (half the cores): {what} is unreliable")

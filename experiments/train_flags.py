@@ -17,7 +17,8 @@ flags.DEFINE_string("dataset", "digits", "TFDS name, folder:PATH, or digits (emb
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (and manual_dir for imagenet2012).")
 flags.DEFINE_integer("image_size", None, "Input side; default: the model's own.")
 flags.DEFINE_integer("channels", None, "1 or 3; default: the model's own.")
-flags.DEFINE_integer("batch_size", 64, "Global training batch (all devices, all hosts).")
+flags.DEFINE_integer("batch_size", 64, "Global training batch of one update (all devices, all "
+                     "hosts); with --grad_accum_steps=K it is split into K micro-batches.")
 flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.")
 flags.DEFINE_enum("augment", "none", ["none", "cifar", "random_resized_crop", "scale_jitter"],
                   "Training augmentation.")
@@ -37,6 +38,8 @@ flags.DEFINE_integer("checkpoint_every", 0, "Steps between checkpoints; 0: at ev
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
 flags.DEFINE_integer("dense_eval_size", 0, "VGG dense evaluation on QxQ test images (paper 3.2); 0: off.")
 flags.DEFINE_bool("eval_flip", False, "Dense evaluation: also average the horizontally flipped image.")
+flags.DEFINE_string("profile_steps", None, "A:B: write a jax.profiler trace of training steps A "
+                    "to B to WORKDIR/tensorboard (TensorBoard's Profile tab).")
 flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip"], "On a non-finite loss: stop, or skip the update.")
 
 # Optimisation.
@@ -55,11 +58,15 @@ flags.DEFINE_float("decay_factor", 10.0, "piecewise / plateau divisor.")
 flags.DEFINE_integer("plateau_patience", 5, "plateau: flat epochs before dividing the lr.")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
 flags.DEFINE_float("grad_clip_norm", 0.0, "Clip gradients to this global norm; 0: off.")
+flags.DEFINE_integer("grad_accum_steps", 1, "Compute each update's gradient in this many "
+                     "micro-batches of batch_size / K examples, one after the other: the same "
+                     "update in less memory (batch norm: statistics per micro-batch). Steps, "
+                     "epochs and the schedule count updates.")
 
 FLAGS = flags.FLAGS
 POSITIVE_FLAGS = ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints",
                   "learning_rate", "eval_every_epochs", "discexp_rate", "discexp_samples",
-                  "decay_factor", "plateau_patience")
+                  "decay_factor", "plateau_patience", "grad_accum_steps")
 NON_NEGATIVE_FLAGS = ("l2", "weight_decay", "label_smoothing", "grad_clip_norm", "warmup_steps",
                       "checkpoint_every", "dense_eval_size")
 # Flags that only mean something with one of these schedules: given with another, a mistake.
@@ -93,10 +100,25 @@ def validate() -> None:
         if model_flags.was_set(name) and FLAGS.schedule not in schedules:
             raise ValueError(f"--{name} only applies to --schedule={' or '.join(schedules)}, "
                              f"not {FLAGS.schedule}")
+    if FLAGS.batch_size % FLAGS.grad_accum_steps:
+        raise ValueError(f"--batch_size={FLAGS.batch_size} must be a multiple of "
+                         f"--grad_accum_steps={FLAGS.grad_accum_steps}: it is the batch of one "
+                         f"update, split into that many micro-batches")
     if FLAGS.eval_flip and not FLAGS.dense_eval_size:
         raise ValueError("--eval_flip applies to dense evaluation: set --dense_eval_size too")
     if FLAGS.optimizer in ("adam", "adamw") and model_flags.was_set("momentum"):
         raise ValueError(f"--momentum does not apply to --optimizer={FLAGS.optimizer}")
+
+
+def step_range(text: str | None) -> tuple[int, int] | None:
+    """'A:B' (1 <= A <= B) as (A, B), for --profile_steps."""
+    if text is None:
+        return None
+    first, sep, last = text.partition(":")
+    if not (sep and first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
+        raise ValueError(f"--profile_steps must be A:B, the first and last step to trace with "
+                         f"1 <= A <= B, got {text!r}")
+    return int(first), int(last)
 
 
 def config_from_flags() -> TrainConfig:
@@ -115,10 +137,12 @@ def config_from_flags() -> TrainConfig:
         discexp_samples=FLAGS.discexp_samples,
         boundaries_epochs=tuple(float(e) for e in FLAGS.boundaries_epochs),
         decay_factor=FLAGS.decay_factor, plateau_patience=FLAGS.plateau_patience,
-        grad_clip_norm=FLAGS.grad_clip_norm, label_smoothing=FLAGS.label_smoothing)
+        grad_clip_norm=FLAGS.grad_clip_norm, label_smoothing=FLAGS.label_smoothing,
+        grad_accum_steps=FLAGS.grad_accum_steps)
     return TrainConfig(
         model=model, data=data, optim=optim, workdir=FLAGS.workdir, epochs=FLAGS.epochs,
         steps=FLAGS.steps, seed=FLAGS.seed, log_every=FLAGS.log_every,
         eval_every_epochs=FLAGS.eval_every_epochs, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, nan_policy=FLAGS.nan_policy,
-        dense_eval_size=FLAGS.dense_eval_size, eval_flip=FLAGS.eval_flip)
+        dense_eval_size=FLAGS.dense_eval_size, eval_flip=FLAGS.eval_flip,
+        profile_steps=step_range(FLAGS.profile_steps))

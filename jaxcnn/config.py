@@ -43,6 +43,7 @@ class OptimConfig:
     plateau_patience: int = 5        # plateau: evaluations without improvement before lr /= factor
     grad_clip_norm: float = 0.0      # 0: off
     label_smoothing: float = 0.0
+    grad_accum_steps: int = 1        # split each batch_size batch into this many micro-batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,3 +63,4 @@ class TrainConfig:
     dense_eval_size: int = 0         # VGG dense evaluation on Q×Q test images (paper 3.2); 0: off
     eval_flip: bool = False          # dense evaluation: also average the mirrored image
     plot: bool = True
+    profile_steps: tuple[int, int] | None = None   # (A, B): jax.profiler trace of steps A..B

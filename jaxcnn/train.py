@@ -2,7 +2,8 @@
 
 Both steps are ordinary single-device functions: jitted over a device mesh with the batch sharded
 on its "data" axis (`jaxcnn.parallel`), XLA turns them into a data-parallel program whose batch-norm
-statistics and gradients are over the global batch.
+statistics and gradients are over the global batch (batch-norm statistics over each global
+micro-batch with gradient accumulation).
 """
 from __future__ import annotations
 
@@ -47,20 +48,29 @@ def correct_topk(logits, labels, k: int):
     return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0
-               ) -> tuple[TrainState, dict]:
-    """One SGD step on the global batch. A non-finite loss or gradient leaves the state unchanged;
-    `nonfinite` in the metrics reports it, so the caller decides whether to stop or go on."""
+def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+    """One optimizer update on the global batch. A non-finite loss or gradient leaves the state
+    unchanged; `nonfinite` in the metrics reports it, so the caller decides whether to stop or go on.
+
+    grad_accum_steps=K > 1 computes the gradient in K micro-batches of B/K examples (see
+    `accumulate_gradients`): the same update in less memory, but batch norm normalises each
+    micro-batch with its own statistics and updates its running averages K times.
+    """
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
-    def loss_fn(params):
+    def loss_fn(params, batch_stats, batch, rng):
         logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+            {"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
+            rngs={"dropout": rng}, mutable=["batch_stats"])
         loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-        return loss, (logits, updates.get("batch_stats", {}))
+        metrics = {"loss": loss, "top1": jnp.mean(correct_topk(logits, batch["label"], 1)),
+                   "top5": jnp.mean(correct_topk(logits, batch["label"], 5))}
+        return loss, (metrics, updates.get("batch_stats", {}))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (metrics, batch_stats)), grads = accumulate_gradients(
+        grad_fn, state.params, state.batch_stats, batch, dropout_rng, grad_accum_steps)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     keep_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -70,14 +80,44 @@ def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0
         opt_state=keep_finite(opt_state, state.opt_state),
         batch_stats=keep_finite(batch_stats, state.batch_stats))
     metrics = {
-        "loss": loss, "top1": jnp.mean(correct_topk(logits, batch["label"], 1)),
-        "top5": jnp.mean(correct_topk(logits, batch["label"], 5)),
+        **metrics,
         "learning_rate": optim.current_learning_rate(state.lr_fn, state.opt_state, state.step),
         "nonfinite": (~finite).astype(jnp.int32),
         # First step whose update was dropped (int32 max when none): survives summing as a min.
         "first_nonfinite_step": jnp.where(finite, jnp.iinfo(jnp.int32).max, state.step),
     }
     return new_state, metrics
+
+
+def accumulate_gradients(grad_fn: Callable, params: Any, batch_stats: Any, batch: dict,
+                         rng: jax.Array, steps: int):
+    """grad_fn(params, batch_stats, batch, rng) -> ((loss, (metrics, batch_stats)), grads), over
+    the whole batch when steps is 1, else as the mean over `steps` equal micro-batches, one after
+    the other (a scan: activations of one micro-batch in memory at a time).
+
+    Micro-batch k holds examples k, k + steps, k + 2 * steps, ...: with the batch sharded over
+    devices in contiguous blocks, every device holds its share of every micro-batch, so the split
+    moves no data. Each micro-batch gets its own dropout key; batch statistics are threaded
+    through, so the returned ones are those after the last micro-batch.
+    """
+    if steps == 1:
+        return grad_fn(params, batch_stats, batch, rng)
+    micro_batches = jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def micro_step(carry, micro_batch_and_index):
+        grad_sum, batch_stats = carry
+        micro_batch, index = micro_batch_and_index
+        (_, (metrics, batch_stats)), grads = grad_fn(params, batch_stats, micro_batch,
+                                                     jax.random.fold_in(rng, index))
+        return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), metrics
+
+    (grad_sum, batch_stats), metrics = jax.lax.scan(
+        micro_step, (jax.tree.map(jnp.zeros_like, params), batch_stats),
+        (micro_batches, jnp.arange(steps)))
+    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    grads = jax.tree.map(lambda g: g / steps, grad_sum)
+    return (metrics["loss"], (metrics, batch_stats)), grads
 
 
 def eval_step(state: TrainState, batch: dict, logits_fn: Callable | None = None) -> dict:

@@ -60,6 +60,47 @@ class Schedule:
         return cls(steps_per_epoch, total, eval_every, cfg.checkpoint_every or eval_every)
 
 
+class StepProfiler:
+    """A jax.profiler trace of training steps first..last (inclusive), written to `logdir`, where
+    TensorBoard's Profile tab finds it (`logdir/plugins/profile/<time>/<host>.xplane.pb`).
+
+    `run(step, fn)` runs one step; a run resumed after `first` starts tracing at its first step,
+    and `close()` ends a trace that the run ended before `last`.
+    """
+
+    def __init__(self, logdir: str, steps: tuple[int, int] | None):
+        self.logdir, self.steps, self.active = logdir, steps, False
+
+    def run(self, step: int, fn: Callable):
+        if self.steps is None or not self.steps[0] <= step <= self.steps[1]:
+            return fn()
+        if not self.active:
+            jax.profiler.start_trace(self.logdir)
+            self.active = True
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            out = fn()
+        if step == self.steps[1]:
+            jax.block_until_ready(out)   # the trace holds the whole of the last step
+            self.close()
+        return out
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+def check_grad_accum(cfg: TrainConfig, mesh) -> None:
+    """batch_size is the batch of one update: it must split into grad_accum_steps micro-batches,
+    each a multiple of the device count."""
+    steps, batch = cfg.optim.grad_accum_steps, cfg.data.batch_size
+    if steps < 1 or batch % steps:
+        raise ValueError(f"grad_accum_steps={steps} must be a positive divisor of "
+                         f"batch_size={batch} (the batch of one update, split into micro-batches)")
+    if steps > 1:
+        parallel.check_batch_size(batch // steps, mesh, "batch_size / grad_accum_steps")
+
+
 def evaluate(eval_step: Callable, state: train.TrainState, data_cfg: DataConfig, sharding) -> dict:
     """Mean loss and top-1/top-5 accuracy over every test example exactly once."""
     sums = None
@@ -107,6 +148,7 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
     # --- Mesh: every device of every process on one "data" axis.
     mesh = parallel.data_mesh()
     parallel.check_batch_size(cfg.data.batch_size, mesh)
+    check_grad_accum(cfg, mesh)
     parallel.check_batch_size(cfg.data.eval_batch_size, mesh, "eval_batch_size")
     data_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
 
@@ -134,7 +176,9 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
             "augment": cfg.data.augment}
     ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
     with (checkpoint.Checkpointer(ckpt_dir, cfg.keep_checkpoints, meta) as ckpt,
-          contextlib.closing(MetricWriter(cfg.workdir, sched.total_steps)) as writer):
+          contextlib.closing(MetricWriter(cfg.workdir, sched.total_steps)) as writer,
+          contextlib.closing(StepProfiler(os.path.join(cfg.workdir, "tensorboard"),
+                                          cfg.profile_steps)) as profiler):
         restored = ckpt.restore_latest(checkpoint.abstract_like(state))
         if restored is not None:
             state = restored
@@ -143,7 +187,8 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
 
         # --- Update: one jitted, donated step over the mesh.
         train_step = jax.jit(functools.partial(train.train_step,
-                                               label_smoothing=cfg.optim.label_smoothing),
+                                               label_smoothing=cfg.optim.label_smoothing,
+                                               grad_accum_steps=cfg.optim.grad_accum_steps),
                              in_shardings=(replicated, data_sharding),
                              out_shardings=(replicated, replicated), donate_argnums=0,
                              compiler_options=xla_options.compiler_options())
@@ -177,7 +222,7 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
         result: dict = {}
         acc, acc_steps, tick = None, 0, time.perf_counter()
         for step in range(start_step + 1, sched.total_steps + 1):
-            state, metrics = train_step(state, next(batches))
+            state, metrics = profiler.run(step, lambda: train_step(state, next(batches)))
             acc = metrics if acc is None else merge(acc, metrics)
             acc_steps += 1
             last = step == sched.total_steps

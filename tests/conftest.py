@@ -1,6 +1,31 @@
-"""Test-wide settings: 8 fake CPU devices (data-parallel tests), TF kept off accelerators."""
+"""Test-wide settings: 8 fake CPU devices (data-parallel tests), TF kept off accelerators, and
+deprecated APIs called from this project's code as errors (so that it keeps working when the next
+JAX / Flax / Optax / Orbax release removes them).
+
+A warning is attributed to the module its `stacklevel` points at: the caller of the deprecated API.
+The filters match our modules only, so warnings that TensorFlow, TFDS or JAX itself raise about
+their own internals stay warnings.
+"""
+import glob
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPRECATIONS = ("DeprecationWarning", "FutureWarning")
+# The programs the tests start (`python -m experiments.run`, tests/multihost_worker.py) run as
+# __main__; PYTHONWARNINGS matches whole module names, so it lists every module.
+OUR_MODULES = ["__main__"] + sorted(
+    os.path.relpath(path, REPO).removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    for package in ("jaxcnn", "experiments")
+    for path in glob.glob(os.path.join(REPO, package, "**", "*.py"), recursive=True))
+os.environ.setdefault("PYTHONWARNINGS", ",".join(
+    f"error::{category}:{module}" for category in DEPRECATIONS for module in OUR_MODULES))
+
+
+def pytest_configure(config):
+    for category in DEPRECATIONS:   # module: a regex matching the start of the module name
+        config.addinivalue_line("filterwarnings",
+                                f"error::{category}:(jaxcnn|experiments|test_|conftest)")

@@ -3,6 +3,7 @@ the command that runs it and the result to expect, and the bare command equals t
 every sweep file likewise, for each of its configurations."""
 import glob
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,22 @@ def test_paddle_run_is_expressed_in_mean_loss_convention():
     assert (cfg.optim.schedule, cfg.optim.discexp_samples, cfg.data.batch_size) == (
         "discexp", 5_000_000, 128)
     assert cfg.model.name == "vgg_cifar" and cfg.epochs == 200
+
+
+def test_grad_accum_and_profile_flags_become_config_or_one_clear_error():
+    cfg = parse("--batch_size=64", "--grad_accum_steps=4", "--profile_steps=2:3")
+    assert (cfg.data.batch_size, cfg.optim.grad_accum_steps, cfg.profile_steps) == (64, 4, (2, 3))
+    cases = {
+        ("--grad_accum_steps=0",): "--grad_accum_steps must be positive, got 0",
+        ("--batch_size=64", "--grad_accum_steps=3"):
+            "--batch_size=64 must be a multiple of --grad_accum_steps=3",
+        **{(f"--profile_steps={v}",): f"--profile_steps must be A:B, the first and last step to "
+                                      f"trace with 1 <= A <= B, got '{v}'"
+           for v in ("5", "b:a", "3:2", "0:2", "2:")},
+    }
+    for args, message in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse(*args)
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)

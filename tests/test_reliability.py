@@ -277,6 +277,10 @@ def test_bad_input_ends_with_a_one_line_error(tmp_path, trained_workdir):
         ("--num_processes=2",): "--num_processes and --process_id need --coordinator_address",
         (f"--flagfile={tmp_path / 'missing.flags'}",): "Unable to open flagfile",
         ("--batch_size=0",): "--batch_size must be positive, got 0",
+        ("--grad_accum_steps=3",): "--batch_size=32 must be a multiple of --grad_accum_steps=3",
+        ("--grad_accum_steps=8",):
+            "batch_size / grad_accum_steps=4 must be a positive multiple of the device count (8)",
+        ("--profile_steps=3:2",): "--profile_steps must be A:B",
         ("--optimizer=adam", "--momentum=0.5"): "--momentum does not apply to --optimizer=adam",
         ("--discexp_rate=0.5",): "--discexp_rate only applies to --schedule=discexp",
         (f"--workdir={tmp_path / 'nan'}", "--steps=12", "--learning_rate=1e30", "--log_every=1"):

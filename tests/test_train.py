@@ -1,6 +1,8 @@
 """The train step, data parallelism over 8 fake CPU devices, and whole runs of the training loop."""
 import dataclasses
 import functools
+import glob
+import gzip
 import json
 import os
 import subprocess
@@ -91,6 +93,47 @@ def test_step_on_8_devices_equals_step_on_1_device():
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), one, eight)
 
 
+def test_accumulated_micro_batches_make_the_update_of_the_whole_batch():
+    """4 micro-batches of 8 on 8 devices give the parameters of 32 at once on 1 device (no BN)."""
+    model = models.create("convnet_cifar", 4, width=8, dropout=0.0)
+    batch = {"image": jax.random.normal(jax.random.key(1), (32, 8, 8, 3)),
+             "label": jnp.arange(32) % 4}
+
+    def run(devices, grad_accum_steps):
+        mesh = Mesh(np.array(devices), ("data",))
+        replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        step = jax.jit(functools.partial(train.train_step, grad_accum_steps=grad_accum_steps),
+                       in_shardings=(replicated, data), out_shardings=(replicated, replicated))
+        state = jax.device_put(small_state(model, lr=0.05), replicated)
+        for _ in range(3):
+            state, metrics = step(state, jax.device_put(batch, data))
+        assert int(state.step) == 3
+        return jax.device_get((state.params, state.opt_state, metrics))
+
+    whole, accumulated = run(jax.devices()[:1], 1), run(jax.devices(), 4)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
+                 whole, accumulated)
+
+
+def test_batch_norm_normalises_each_micro_batch_with_its_own_statistics():
+    model = models.create("convnet_cifar", 4, width=8, norm="batch", dropout=0.0)
+    state = small_state(model)
+    batch = {"image": jax.random.normal(jax.random.key(1), (8, 8, 8, 3)), "label": jnp.arange(8) % 4}
+    new_state, metrics = jax.jit(functools.partial(train.train_step, grad_accum_steps=2))(
+        state, batch)
+    # Micro-batch k is examples k, k + 2, ...; each updates the running averages in turn.
+    batch_stats, losses = state.batch_stats, []
+    for k in range(2):
+        logits, updates = model.apply({"params": state.params, "batch_stats": batch_stats},
+                                      batch["image"][k::2], train=True, mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+        losses.append(optax.softmax_cross_entropy_with_integer_labels(
+            logits, batch["label"][k::2]).mean())
+    np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-5)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+                 new_state.batch_stats, batch_stats)
+
+
 # ---- whole runs: the quick-start data (digits) and LeNet-5, a few steps each -------------------
 
 def quick_config(workdir, **overrides):
@@ -137,8 +180,9 @@ def saved_state(workdir, step):
         a.dtype, jax.dtypes.prng_key) else a, ocp.StandardCheckpointer().restore(path))
 
 
-def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path):
-    optim = OptimConfig(optimizer="nesterov", learning_rate=0.05)
+@pytest.mark.parametrize("grad_accum_steps", [1, 2])
+def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path, grad_accum_steps):
+    optim = OptimConfig(optimizer="nesterov", learning_rate=0.05, grad_accum_steps=grad_accum_steps)
     straight = quick_config(tmp_path / "straight", steps=6, checkpoint_every=3, optim=optim)
     trainer.train_and_evaluate(straight)
     trainer.train_and_evaluate(quick_config(tmp_path / "resumed", steps=3, optim=optim))
@@ -146,11 +190,31 @@ def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path):
     out = run_cli("--model=lenet5", "--dropout=0.5", "--batch_size=32", "--eval_batch_size=64",
                   "--optimizer=nesterov", "--learning_rate=0.05", "--eval_every_epochs=0.5",
                   "--log_every=10", "--keep_checkpoints=2", "--steps=6",
+                  f"--grad_accum_steps={grad_accum_steps}",
                   f"--workdir={tmp_path / 'resumed'}")
     assert "resumed from step 3" in out.stderr
     a, b = saved_state(tmp_path / "straight", 6), saved_state(tmp_path / "resumed", 6)
     assert a["step"] == b["step"] == 6
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_batch_size_must_split_into_micro_batches_of_whole_device_multiples(tmp_path):
+    with pytest.raises(ValueError, match=r"grad_accum_steps=3 must be a positive divisor of "
+                                         r"batch_size=32"):
+        trainer.train_and_evaluate(quick_config(tmp_path, optim=OptimConfig(grad_accum_steps=3)))
+    with pytest.raises(ValueError, match=r"batch_size / grad_accum_steps=4 must be a positive "
+                                         r"multiple of the device count \(8\)"):
+        trainer.train_and_evaluate(quick_config(tmp_path, optim=OptimConfig(grad_accum_steps=8)))
+
+
+def test_profile_steps_write_a_trace_for_tensorboard(tmp_path):
+    trainer.train_and_evaluate(quick_config(tmp_path, steps=4, profile_steps=(2, 3), plot=False))
+    (run,) = glob.glob(str(tmp_path / "tensorboard" / "plugins" / "profile" / "*"))
+    (xplane,) = glob.glob(os.path.join(run, "*.xplane.pb"))
+    assert os.path.getsize(xplane) > 0
+    with gzip.open(glob.glob(os.path.join(run, "*.trace.json.gz"))[0]) as f:
+        events = json.load(f)["traceEvents"]
+    assert sorted(e["args"]["step_num"] for e in events if e.get("name") == "train") == ["2", "3"]
 
 
 def test_absurd_learning_rate_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

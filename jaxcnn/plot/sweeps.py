@@ -1,54 +1,28 @@
-"""Figures from metrics.jsonl: the curves of a run, and the comparison of a sweep's configurations."""
+"""An ablation sweep's configurations compared (`records`, `summaries`: `jaxcnn.ablation`'s)."""
 from __future__ import annotations
 
+import math
 import os
+
+import numpy as np
+from matplotlib.figure import Figure
 
 from jaxcnn.metric_writers import read_metrics
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _top1_error(estimate) -> list[list[float]] | None:
+    """The 95% confidence interval of a mean top-1 as errorbar's [[below], [above]] in %."""
+    if estimate.n < 2:
+        return None
+    return [[100 * (estimate.mean - estimate.ci_low)], [100 * (estimate.ci_high - estimate.mean)]]
 
 
-def _save(fig, workdir: str, filename: str) -> str:
-    fig.suptitle(os.path.basename(os.path.abspath(workdir)))
-    fig.tight_layout()
-    path = os.path.join(workdir, filename)
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
-    return path
-
-
-def plot_curves(workdir: str, filename: str = "curves.png") -> str:
-    rows = read_metrics(workdir)
-    fig, (ax_loss, ax_acc) = _pyplot().subplots(1, 2, figsize=(10, 4))
-    for split, style in (("train", "-"), ("test", "o-")):
-        points = [r for r in rows if r["split"] == split]
-        epochs = [r["epoch"] for r in points]
-        ax_loss.plot(epochs, [r["loss"] for r in points], style, label=split)
-        ax_acc.plot(epochs, [100 * r["top1"] for r in points], style, label=f"{split} top-1")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="top-1 accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return _save(fig, workdir, filename)
-
-
-def close(fig) -> None:
-    _pyplot().close(fig)
-
-
-def sweep_figure(sweep_dir: str, records, summaries):
+def sweep_figure(sweep_dir: str, records, summaries) -> Figure:
     """Left: each configuration's test top-1, mean with its 95% confidence interval and every
     finished seed as a dot. Right: the mean test top-1 per epoch of each configuration with a
-    ±1 sd band over its seeds (`records` and `summaries` from `jaxcnn.ablation`)."""
-    import numpy as np
-    fig, (ax_acc, ax_curves) = _pyplot().subplots(
-        1, 2, figsize=(6 + 0.6 * len(summaries), 4.5), gridspec_kw={"width_ratios": [1, 1.3]})
+    ±1 sd band over its seeds."""
+    fig = Figure(figsize=(6 + 0.6 * len(summaries), 4.5), layout="constrained")
+    ax_acc, ax_curves = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     names = [s.config for s in summaries]
     for i, s in enumerate(summaries):
         top1 = s.metrics["top1"]
@@ -56,10 +30,8 @@ def sweep_figure(sweep_dir: str, records, summaries):
                  if r.run.config == s.config and r.status == "finished"]
         ax_acc.plot([i] * len(seeds), seeds, ".", color="0.6", zorder=1)
         if top1.n:
-            err = None if top1.n < 2 else [[100 * (top1.mean - top1.ci_low)],
-                                           [100 * (top1.ci_high - top1.mean)]]
-            ax_acc.errorbar(i, 100 * top1.mean, yerr=err, fmt="o", capsize=5, zorder=2,
-                            color="tab:red" if s.is_baseline else "tab:blue")
+            ax_acc.errorbar(i, 100 * top1.mean, yerr=_top1_error(top1), fmt="o", capsize=5,
+                            zorder=2, color="tab:red" if s.is_baseline else "tab:blue")
         curves = [{r["epoch"]: 100 * r["top1"] for r in read_metrics(
                       os.path.join(sweep_dir, rec.run.directory)) if r["split"] == "test"}
                   for rec in records if rec.run.config == s.config and rec.status == "finished"]
@@ -78,5 +50,30 @@ def sweep_figure(sweep_dir: str, records, summaries):
         ax.grid(alpha=0.3)
         ax.margins(x=0.1, y=0.1)
     fig.suptitle(os.path.basename(os.path.abspath(sweep_dir)))
-    fig.tight_layout()
+    return fig
+
+
+def cost_accuracy_figure(summaries, title: str | None = None) -> Figure:
+    """Each configuration's mean test top-1 with its 95% confidence interval against its
+    parameters (left) and its forward FLOPs per image (right), on log scales, one colour per
+    configuration. Configurations without a finished run are left out."""
+    done = [s for s in summaries if s.metrics["top1"].n and not math.isnan(s.costs["params"])]
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, cost, label in zip(axes, ("params", "flops_per_image"),
+                               ("parameters", "FLOPs per image (forward)")):
+        for i, s in enumerate(done):
+            top1 = s.metrics["top1"]
+            ax.errorbar(s.costs[cost], 100 * top1.mean, yerr=_top1_error(top1), fmt="o",
+                        capsize=5, color=f"C{i % 10}",
+                        label=s.config + (" (baseline)" if s.is_baseline else ""))
+        ax.set(xscale="log", xlabel=label, title=f"test top-1 against {label.split(' (')[0]}")
+        ax.grid(alpha=0.3, which="both")
+        ax.margins(x=0.2, y=0.1)
+    axes[0].set_ylabel("test top-1 (%): mean, 95% CI")
+    if done:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+                   ncols=min(3, len(done)), fontsize="small")
+    if title:
+        fig.suptitle(title)
     return fig

@@ -6,6 +6,8 @@ and `user_errors`.
 """
 import contextlib
 import faulthandler
+import logging as std_logging
+import os
 import signal
 import sys
 from typing import NoReturn
@@ -47,10 +49,27 @@ def check_no_arguments(argv: list[str]) -> None:
 
 
 def quiet() -> None:
-    """Keeps the console for results and one-line errors (unless --debug)."""
+    """Keeps the console for the progress bar, results and one-line errors (unless --debug).
+    With absl's --log_dir, logs go to a file there (`<program>.INFO`) in absl's full form, the
+    progress and result lines included; the console then shows only what is above
+    --stderrthreshold (add --alsologtostderr for everything)."""
+    handler = logging.get_absl_handler()
     # Orbax logs every step of every save and restore at INFO.
-    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+    handler.addFilter(lambda record: "/orbax/" not in record.pathname)
+    if FLAGS.log_dir:
+        try:
+            os.makedirs(FLAGS.log_dir, exist_ok=True)
+            handler.use_absl_log_file()
+        except OSError as e:
+            fail(f"--log_dir={FLAGS.log_dir}: {e}")
+    # Progress and result lines are on the console already, as plain lines and the bar
+    # (metric_writers.CONSOLE_SHOWN): logged to a file only.
+    stream = handler.python_handler
+    stream.addFilter(lambda record: not getattr(record, "console_shown", False)
+                     or stream.stream is not sys.stderr)
     if not FLAGS.debug:
+        # JAX says at INFO which backends it did not find ("Unable to initialize backend 'tpu'").
+        std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
         # A process killed by JAX (e.g. its peer died) shows JAX's reason, not every thread's stack.
         faulthandler.disable()
         checkpoint.silence_failed_io_aftermath()

@@ -23,13 +23,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)   # Orbax logs every read at INFO
     with cli.user_errors():
         predictor = predict.load(FLAGS.workdir)
-        images = np.stack([predict.read_image(path, predictor.input_shape, predictor.augment)
+        run = predictor.run
+        images = np.stack([predict.read_image(path, run.input_shape, run.config.data.augment)
                            for path in paths])
-    width = max(map(len, predictor.class_names))
+    width = max(map(len, run.class_names))
     for path, probabilities in zip(paths, predictor.predict(images)):
         print(path)
         for i in np.argsort(-probabilities)[:FLAGS.top_k]:
-            print(f"  {predictor.class_names[i]:<{width}}  {100 * probabilities[i]:6.2f}%")
+            print(f"  {run.class_names[i]:<{width}}  {100 * probabilities[i]:6.2f}%")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from absl import app, logging
 
 from experiments import cli, train_flags
 from jaxcnn import trainer
+from jaxcnn.metric_writers import CONSOLE_SHOWN
 
 
 def main(argv):
@@ -25,7 +26,8 @@ def main(argv):
         sys.exit(stop.exit_status)
     elif "top1" in result:
         logging.info("test top-1 %.2f%%, top-5 %.2f%% on %d examples (step %d)",
-                     100 * result["top1"], 100 * result["top5"], result["count"], result["step"])
+                     100 * result["top1"], 100 * result["top5"], result["count"], result["step"],
+                     extra=CONSOLE_SHOWN)
         print(f"test accuracy: {100 * result['top1']:.2f}%  (workdir: {config.workdir})")
 
 

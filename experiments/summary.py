@@ -6,13 +6,11 @@
 The table is flax's `nn.tabulate` (FLOPs from XLA's cost analysis of each layer's forward pass at
 batch 1); nothing is allocated beyond one layer at a time.
 """
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import cli, model_flags
 from jaxcnn import models
+from jaxcnn.models import summary
 
 flags.DEFINE_integer("image_size", None, "Input side; default: the model's own.", lower_bound=1)
 flags.DEFINE_integer("channels", None, "Input channels; default: the model's own.", lower_bound=1)
@@ -29,9 +27,7 @@ def main(argv):
         height, _, channels = models.input_shape(FLAGS.model)
         model = models.create(FLAGS.model, FLAGS.num_classes, **model_flags.model_options())
         size = FLAGS.image_size or height
-        x = jnp.zeros((1, size, size, FLAGS.channels or channels), jnp.float32)
-        table = nn.tabulate(model, jax.random.key(0), depth=FLAGS.depth, compute_flops=True,
-                            console_kwargs={"width": 140, "force_terminal": False})(x)
+        table = summary.table(model, (size, size, FLAGS.channels or channels), FLAGS.depth)
     print(table)
 
 

@@ -3,7 +3,8 @@ readable one.
 
 Each checkpoint holds the state (arrays only: Orbax never pickles, so loading executes no code) and
 a JSON `meta` item naming the model and its options, so that a checkpoint written for another model
-is refused with a clear message instead of a shape error. The meta also lists every array of the
+is refused with a clear message instead of a shape error (the meta also holds the run's whole
+configuration, which `runs.load` reads back). The meta also lists every array of the
 state with its shape and a checksum: Orbax stores float arrays without one (flipped bits in its
 data files load silently as other numbers), so the checksums are what catches damaged array data.
 

@@ -1,10 +1,11 @@
-"""Class probabilities for image files, from the latest checkpoint of a training workdir.
+"""Class probabilities for image files or the test split, from the latest checkpoint of a
+training workdir (`jaxcnn.runs.load`).
 
     predictor = predict.load("runs/quickstart")
-    images = np.stack([predict.read_image(path, predictor.input_shape, predictor.augment)
-                       for path in paths])
+    images = np.stack([predict.read_image(path, predictor.run.input_shape,
+                                          predictor.run.config.data.augment) for path in paths])
     probabilities = predictor.predict(images)        # [n, num_classes]
-    predictor.class_names                            # from the training dataset
+    predictor.run.class_names                        # from the training dataset
 
 Images are brought to the model's input as the evaluation pipeline brings the test split (shorter
 side resized to the evaluation scale of the training augmentation, centre crop, channels converted
@@ -15,16 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from jaxcnn import models
-from jaxcnn.config import DataConfig
+from jaxcnn import data, parallel, runs
 from jaxcnn.data.device import normalize
 from jaxcnn.data.pil_ops import read_image  # noqa: F401  (part of this module's API)
 from jaxcnn.data.sources import normalization
@@ -32,46 +30,51 @@ from jaxcnn.data.sources import normalization
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-    model: Any                        # a jaxcnn.models ConvNet
-    variables: dict                   # {"params", "batch_stats"}
-    class_names: list[str]
-    input_shape: tuple[int, int, int]
-    dataset: str                      # the training dataset, whose normalisation applies
-    augment: str                      # the training augmentation, whose evaluation view applies
-    step: int
+    run: runs.Run
 
     @functools.cached_property
     def _probabilities(self):
-        mean, std = normalization(DataConfig(dataset=self.dataset, image_size=self.input_shape[0],
-                                             channels=self.input_shape[2]))
+        mean, std = normalization(self.run.config.data)
         return jax.jit(lambda variables, images: jax.nn.softmax(
-            self.model.apply(variables, normalize(images, mean, std))))
+            self.run.model.apply(variables, normalize(images, mean, std))))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [n, *input_shape] images -> float32 [n, num_classes] class probabilities."""
-        return np.asarray(self._probabilities(self.variables, jnp.asarray(images)))
+        return np.asarray(self._probabilities(self.run.variables, jnp.asarray(images)))
 
 
 def load(workdir: str) -> Predictor:
-    """The model and variables of the latest checkpoint in `workdir`, rebuilt from its meta."""
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"no workdir {workdir!r}")
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory!r}: train first with "
-                                f"`python -m experiments.run --workdir={workdir}`")
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    model = models.create(meta["model"], meta["num_classes"], **meta["model_options"])
-    input_shape = tuple(meta["input_shape"])
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *input_shape)))
-    # Only the model's variables of the saved train state: the optimiser state is not needed.
-    target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        target, ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
-    manager.close()
-    return Predictor(model, restored["state"], list(meta["class_names"]), input_shape,
-                     meta["dataset"], meta["augment"], step)
+    """The predictor of the latest checkpoint in `workdir` (see `runs.load`)."""
+    return Predictor(runs.load(workdir))
+
+
+class Predictions(NamedTuple):
+    images: np.ndarray          # float32 [n, H, W, C], normalised as the model sees them
+    labels: np.ndarray          # int32 [n]
+    probabilities: np.ndarray   # float32 [n, num_classes]
+
+
+def predict_test_split(run: runs.Run) -> Predictions:
+    """The model's class probabilities for every test example, in the evaluation pipeline's
+    order."""
+    apply = jax.jit(lambda variables, images: jax.nn.softmax(run.model.apply(variables, images)))
+    mesh = parallel.data_mesh()
+    variables = jax.device_put(run.variables, parallel.replicated(mesh))
+    parts = []
+    for batch in data.eval_batches(run.config.data, parallel.batch_sharding(mesh)):
+        keep = np.asarray(batch["mask"]).astype(bool)
+        parts.append((np.asarray(batch["image"])[keep], np.asarray(batch["label"])[keep],
+                      np.asarray(apply(variables, batch["image"]))[keep]))
+    return Predictions(*(np.concatenate(arrays) for arrays in zip(*parts)))
+
+
+def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
+    """int64 [num_classes, num_classes]: row = true class, column = predicted class."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if labels.shape != predicted.shape:
+        raise ValueError(f"{labels.shape} labels and {predicted.shape} predictions")
+    for name, values in (("label", labels), ("prediction", predicted)):
+        if values.size and not 0 <= values.min() <= values.max() < num_classes:
+            raise ValueError(f"a {name} is outside 0..{num_classes - 1}")
+    return np.bincount(labels * num_classes + predicted,
+                       minlength=num_classes ** 2).reshape(num_classes, num_classes)

@@ -173,7 +173,7 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
     meta = {"model": cfg.model.name, "model_options": json_safe(cfg.model.options),
             "num_classes": info.num_classes, "class_names": list(info.class_names),
             "input_shape": list(input_shape), "dataset": cfg.data.dataset,
-            "augment": cfg.data.augment}
+            "augment": cfg.data.augment, "config": json_safe(dataclasses.asdict(cfg))}
     ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
     with (checkpoint.Checkpointer(ckpt_dir, cfg.keep_checkpoints, meta) as ckpt,
           contextlib.closing(MetricWriter(cfg.workdir, sched.total_steps)) as writer,
@@ -201,6 +201,7 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
         logging.info("%s on %s: %d steps (%d per epoch), global batch %d on %d devices",
                      cfg.model.name, cfg.data.dataset, sched.total_steps, sched.steps_per_epoch,
                      cfg.data.batch_size, mesh.devices.size)
+        writer.start(start_step)
 
         def flush_train_metrics(acc, step, n_steps, seconds):
             acc = jax.device_get(acc)

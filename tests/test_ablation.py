@@ -83,6 +83,8 @@ def test_estimate_against_hand_computation():
     assert abs(t_cdf(4.302652729911275, 2) - 0.975) < 1e-9
     single = stats.estimate([0.7])
     assert single.n == 1 and single.mean == 0.7 and math.isnan(single.sd) and math.isnan(single.ci_low)
+    same = stats.estimate([0.75, 0.75, 0.75])   # e.g. every seed right on as many test images
+    assert (same.n, same.mean, same.sd, same.ci_low, same.ci_high) == (3, 0.75, 0.0, 0.75, 0.75)
 
 
 def test_welch_p_value_against_hand_computation():

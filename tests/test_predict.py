@@ -7,10 +7,12 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn import metrics
 
-from jaxcnn import data, parallel, predict, trainer
+from jaxcnn import data, parallel, predict, runs, trainer
 from jaxcnn.data import pil_ops, sources
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxcnn.metric_writers import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES = 16
@@ -45,8 +47,8 @@ def test_png_of_a_test_image_predicts_what_the_evaluation_pipeline_does(trained,
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image[..., 0]).save(paths[-1])
     predictor = predict.load(str(workdir))
-    assert predictor.step == 30 and predictor.class_names == [str(d) for d in range(10)]
-    probabilities = predictor.predict(np.stack([predict.read_image(p, predictor.input_shape)
+    assert predictor.run.step == 30 and predictor.run.class_names == [str(d) for d in range(10)]
+    probabilities = predictor.predict(np.stack([predict.read_image(p, predictor.run.input_shape)
                                                 for p in paths]))
     expected = eval_pipeline_probabilities(cfg, state)
     np.testing.assert_array_equal(probabilities.argmax(-1), expected.argmax(-1))
@@ -69,7 +71,8 @@ def test_any_size_and_mode_gives_probabilities(trained, tmp_path):
     for name, image in files.items():
         image.save(tmp_path / name)
     predictor = predict.load(str(workdir))
-    images = np.stack([predict.read_image(tmp_path / name, predictor.input_shape) for name in files])
+    images = np.stack([predict.read_image(tmp_path / name, predictor.run.input_shape)
+                       for name in files])
     assert images.shape == (len(files), 32, 32, 1) and images.dtype == np.uint8
     probabilities = predictor.predict(images)
     assert probabilities.shape == (len(files), 10) and (probabilities >= 0).all()
@@ -112,3 +115,39 @@ def test_command_line_prints_top_k(trained, tmp_path):
     percents = [float(line.split()[1].rstrip("%")) for line in lines[1:]]
     assert percents == sorted(percents, reverse=True) and {line.split()[0] for line in lines[1:]} \
         <= {str(d) for d in range(10)}
+
+
+def test_test_split_predictions_are_the_evaluation_of_the_training_loop(trained):
+    workdir, cfg, state = trained
+    test = predict.predict_test_split(runs.load(str(workdir)))
+    images, labels = sources.digits_arrays("test", 32, 1)
+    mean, std = sources.normalization(cfg.data)
+    np.testing.assert_array_equal(test.labels, labels)
+    np.testing.assert_allclose(test.images, (images / 255 - mean) / std, atol=1e-6)
+    assert test.probabilities.shape == (300, 10)
+    np.testing.assert_allclose(test.probabilities, eval_pipeline_probabilities_all(cfg, state),
+                               atol=1e-6)
+    last_test = [r for r in read_metrics(workdir) if r["split"] == "test"][-1]
+    assert last_test["step"] == 30
+    assert np.mean(test.probabilities.argmax(1) == labels) == last_test["top1"]
+
+
+def eval_pipeline_probabilities_all(cfg, state) -> np.ndarray:
+    """Softmax of the model on every test image, computed without the evaluation pipeline."""
+    images, _ = sources.digits_arrays("test", 32, 1)
+    mean, std = sources.normalization(cfg.data)
+    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                            (images / 255 - mean) / std)
+    return np.asarray(jax.nn.softmax(logits))
+
+
+def test_confusion_matrix_counts_like_scikit_learn():
+    rng = np.random.default_rng(0)
+    labels, predicted = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    expected = metrics.confusion_matrix(labels, predicted, labels=range(5))
+    np.testing.assert_array_equal(predict.confusion_matrix(labels, predicted, 5), expected)
+    assert predict.confusion_matrix(labels, predicted, 5).sum() == 200
+    with pytest.raises(ValueError, match=r"a label is outside 0\.\.3"):
+        predict.confusion_matrix(np.append(labels, 4), np.append(predicted, 0), 4)
+    with pytest.raises(ValueError, match=r"\(3,\) labels and \(2,\) predictions"):
+        predict.confusion_matrix([0, 1, 2], [0, 1], 3)

@@ -14,23 +14,24 @@ import time
 
 import jax
 
-from jaxcnn import benchmark, data, models, trainer
+from jaxcnn import data, models, trainer
 from jaxcnn.ablation.spec import Run
 from jaxcnn.config import TrainConfig
 from jaxcnn.metric_writers import read_metrics
+from jaxcnn.models import summary
 
 RESULT_FILE, FAILED_FILE = "result.json", "failed.json"
 FINISHED, FAILED, PENDING = "finished", "failed", "pending"
 
 
-def write_atomically(path: str, data: bytes | str) -> None:
+def write_atomically(path: str, contents: bytes | str) -> None:
     """Writes a file that readers see whole or not at all (a temporary file, then a rename)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            f.write(contents.encode() if isinstance(contents, str) else contents)
         os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide results from the rest of the lab
         os.replace(tmp, path)
     except BaseException:
@@ -65,7 +66,7 @@ def write_result(run: Run, cfg: TrainConfig, state, metrics: dict) -> dict:
               "model_options": trainer.json_safe(cfg.model.options),
               "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
               "params": sum(p.size for p in jax.tree.leaves(state.params)),
-              "flops_per_image": 2 * benchmark.analytic_macs(model, image_shape),
+              "flops_per_image": summary.flops_per_image(model, image_shape),
               "seconds_per_epoch": seconds_per_epoch(rows, cfg.data.batch_size),
               "epochs": max(r["epoch"] for r in rows if r["split"] == "test"),
               "steps": metrics["step"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}

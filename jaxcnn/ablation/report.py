@@ -39,7 +39,6 @@ def write(sweep_dir: str, sweep: Sweep, baseline: str | None = None
     figure = plot.sweep_figure(sweep_dir, records, summaries)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plot.close(figure)
     records_lib.write_atomically(os.path.join(sweep_dir, "summary.png"), buffer.getvalue())
     return summaries, table
 

@@ -33,6 +33,8 @@ def estimate(values) -> Estimate:
     if n < 2:
         return Estimate(1, mean, math.nan, math.nan, math.nan)
     sd = float(x.std(ddof=1))
+    if sd == 0:   # identical values (scipy's interval needs a positive scale)
+        return Estimate(n, mean, 0.0, mean, mean)
     low, high = stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=sd / math.sqrt(n))
     return Estimate(n, mean, sd, float(low), float(high))
 

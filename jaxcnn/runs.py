@@ -1,0 +1,94 @@
+"""A training workdir, finished or still training, opened in one call:
+
+    run = runs.load("runs/quickstart")
+    run.model.apply(run.variables, images)     # the model of the latest checkpoint
+    run.config                                 # the TrainConfig it was trained with
+    run.class_names, run.rows                  # class names; metrics.jsonl's rows so far
+
+Only the model's variables are read from the checkpoint (not the optimiser state), and nothing is
+written, so a run that is still training can be looked at while it goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from jaxcnn import models
+from jaxcnn.config import DataConfig, ModelConfig, TrainConfig
+from jaxcnn.metric_writers import read_metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    workdir: str
+    step: int                         # of the checkpoint loaded
+    model: models.ConvNet
+    variables: dict                   # {"params", "batch_stats"}
+    config: TrainConfig
+    class_names: list[str]
+    rows: list[dict]                  # see metric_writers.read_metrics
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.config.data.image_size, self.config.data.image_size, self.config.data.channels
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """A (nested) config dataclass from its `dataclasses.asdict` read back from JSON: JSON's lists
+    become tuples again; fields the dict lacks keep their defaults."""
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
+                   else field.default)
+        if dataclasses.is_dataclass(default):
+            value = from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    return cls(**values)
+
+
+def _config(meta: dict, workdir: str) -> TrainConfig:
+    if "config" in meta:
+        return dataclasses.replace(from_dict(TrainConfig, meta["config"]), workdir=workdir)
+    # Checkpoints written before 2026-11 name only the model and the data.
+    size, _, channels = meta["input_shape"]
+    return TrainConfig(model=ModelConfig(meta["model"], meta["model_options"]),
+                       data=DataConfig(dataset=meta["dataset"], image_size=size, channels=channels,
+                                       augment=meta["augment"]), workdir=workdir)
+
+
+def load(workdir: str) -> Run:
+    """The latest checkpoint of `workdir`, its model rebuilt from the meta, and the metric rows."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"no workdir {workdir!r}")
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory!r} yet: train first with "
+                                    f"`python -m experiments.run --workdir={workdir}`")
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        model = models.create(meta["model"], meta["num_classes"], **meta["model_options"])
+        shapes = jax.eval_shape(model.init, jax.random.key(0),
+                                jnp.zeros((1, *meta["input_shape"])))
+        # Only the model's variables of the saved train state: the optimiser state is not needed.
+        target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                              target)
+        variables = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            target, ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    finally:
+        manager.close()
+    return Run(workdir, step, model, variables["state"], _config(meta, workdir),
+               list(meta["class_names"]), read_metrics(workdir))

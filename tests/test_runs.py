@@ -1,0 +1,81 @@
+"""runs.load: a workdir opened in one call, finished or still training, old checkpoints included."""
+import dataclasses
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import runs, trainer
+from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxcnn.metric_writers import read_metrics
+from jaxcnn.models.lenet import LeNet5
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(config, final state) of 8 steps of LeNet-5 with batch norm on the digits."""
+    cfg = TrainConfig(model=ModelConfig("lenet5", {"norm": "batch", "dropout": 0.25}),
+                      data=DataConfig(dataset="digits", batch_size=32, eval_batch_size=64),
+                      optim=OptimConfig(optimizer="nesterov", learning_rate=0.05,
+                                        boundaries_epochs=(0.1, 0.2), schedule="piecewise"),
+                      workdir=str(tmp_path_factory.mktemp("run")), steps=8, log_every=4,
+                      eval_every_epochs=0.1, plot=False)
+    state, _ = trainer.train_and_evaluate(cfg)
+    return cfg, state
+
+
+def test_a_finished_run_comes_back_with_its_model_variables_config_and_rows(trained):
+    cfg, state = trained
+    run = runs.load(cfg.workdir)
+    assert run.step == 8 and run.workdir == cfg.workdir
+    assert isinstance(run.model, LeNet5) and (run.model.norm, run.model.dropout) == ("batch", 0.25)
+    assert run.config == cfg                       # every field, tuples included
+    assert run.input_shape == (32, 32, 1) and run.class_names == [str(d) for d in range(10)]
+    assert run.rows == read_metrics(cfg.workdir)
+    # 46 steps per epoch: train rows every 4 steps and before each evaluation (step 5, the last).
+    assert [(r["split"], r["step"]) for r in run.rows] == [
+        ("train", 4), ("train", 5), ("test", 5), ("train", 8), ("test", 8)]
+    jax.tree.map(np.testing.assert_array_equal, run.variables,
+                 {"params": state.params, "batch_stats": state.batch_stats})
+
+
+def test_a_run_still_training_shows_its_rows_so_far(trained, tmp_path):
+    """A row being written (no newline yet) is left out; a run without a checkpoint yet says so."""
+    cfg, _ = trained
+    shutil.copytree(cfg.workdir, tmp_path / "copy")
+    with open(tmp_path / "copy/metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 1')
+    assert runs.load(str(tmp_path / "copy")).rows == read_metrics(cfg.workdir)
+    (tmp_path / "starting").mkdir()
+    shutil.copy(tmp_path / "copy/metrics.jsonl", tmp_path / "starting")
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint in '.*starting/checkpoints' yet"):
+        runs.load(str(tmp_path / "starting"))
+    with pytest.raises(FileNotFoundError, match="no workdir"):
+        runs.load(str(tmp_path / "missing"))
+
+
+def test_a_checkpoint_without_a_stored_config_gets_its_model_and_data_from_the_meta(trained,
+                                                                                     tmp_path):
+    cfg, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(cfg.workdir, old)
+    path = old / "checkpoints/8/meta/metadata"
+    meta = json.loads(path.read_text())
+    del meta["config"]
+    path.write_text(json.dumps(meta))
+    run = runs.load(str(old))
+    assert run.config == TrainConfig(model=cfg.model, workdir=str(old), data=DataConfig(
+        dataset="digits", image_size=32, channels=1, augment="none"))
+
+
+def test_configs_round_trip_through_json():
+    cfg = TrainConfig(model=ModelConfig("vgg16", {"factorize": [2, 3], "norm": "batch"}),
+                      data=DataConfig(dataset="folder:/data", image_size=224, channels=3),
+                      optim=OptimConfig(schedule="piecewise", boundaries_epochs=(30.0, 60.0)),
+                      epochs=90, dense_eval_size=256)
+    back = runs.from_dict(TrainConfig, json.loads(json.dumps(dataclasses.asdict(cfg))))
+    assert back == cfg and back.optim.boundaries_epochs == (30.0, 60.0)
+    assert back.model.options == {"factorize": [2, 3], "norm": "batch"}   # options as given
+    assert runs.from_dict(DataConfig, {"image_size": 64}) == DataConfig(image_size=64)

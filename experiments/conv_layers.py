@@ -105,13 +105,14 @@ def time_shape(shape: ConvShape, burn_in: int, num_batches: int, with_torch: boo
              "im2col": jax_calls(shape, conv_ops.im2col_conv_general_dilated)}
     if with_torch:
         impls["torch"] = torch_calls(shape)
-    load_before = os.getloadavg()
+    load_before, others = os.getloadavg(), machine.OtherProcesses().start()
     row = {}
     for i, mode in enumerate(("forward", "forward_backward")):
         seconds = benchmark.time_calls(*(calls[i] for calls in impls.values()), burn_in=burn_in,
                                        num_batches=num_batches)
         row.update({(impl, mode): 1e3 * float(np.median(s)) for impl, s in zip(impls, seconds)})
-    return {"ms": row, **machine.load_check(load_before, os.getloadavg(), os.cpu_count())}
+    return {"ms": row, **machine.load_check(load_before, os.getloadavg(), os.cpu_count(),
+                                            others.stop())}
 
 
 def markdown(rows: list[tuple[str, ConvShape, int, dict]]) -> str:

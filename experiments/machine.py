@@ -2,10 +2,12 @@
 
 On a shared machine PyTorch's OpenMP threads lose far more to other processes than XLA's do
 (../shared/PERF_NOTES.md: vgg_cifar read 0.66x at a load of 5-9, 1.45x idle), so a jaxcnn/torch
-ratio is marked unreliable when the 1-minute load average before its timing, or the CPU time
-other processes took during it, exceeds half the cores. The load average after the timing is
-recorded too, but it counts the benchmark's own threads (a long run on an idle 2-core machine
-reads about 2 there by itself), so the verdict uses /proc/stat's busy time minus this process's.
+ratio is marked unreliable when other processes used more than half the cores during its timing:
+the busy time of all CPUs (/proc/stat) minus this process's own. The 1-minute load averages
+before and after are recorded too, but they cannot decide: they count the benchmark's own
+threads and, for a minute, those of the benchmark run just before it (an idle 2-core machine
+reads about 2 during a run of `experiments.torch_ratios`). Without /proc/stat (not Linux) the
+load average before the timing decides.
 """
 from __future__ import annotations
 
@@ -69,15 +71,13 @@ class OtherProcesses:
 def load_check(before: Sequence[float], after: Sequence[float], cpu_count: int,
                others: float | None = None) -> dict:
     """The load averages (1, 5, 15 min) around a timing and the cores other processes used during
-    it (`OtherProcesses`), and whether a ratio taken then is reliable: the 1-minute load before
-    and the others' use during it both at most half the cores (without `others`, the load after
-    it stands in)."""
+    it (`OtherProcesses`), and whether a ratio taken then is reliable: the others' use at most
+    half the cores (without it, the 1-minute load before the timing)."""
     limit = LOAD_LIMIT_PER_CORE * cpu_count
-    during = after[0] if others is None else others
     return {"load_before": [round(x, 2) for x in before],
             "load_after": [round(x, 2) for x in after],
             "others_during": None if others is None else round(others, 2),
-            "load_limit": limit, "reliable": max(before[0], during) <= limit}
+            "load_limit": limit, "reliable": (before[0] if others is None else others) <= limit}
 
 
 def load_warning(check: dict, what: str = "the jaxcnn/torch ratio") -> str | None:

@@ -72,13 +72,17 @@ def test_peak_flops_table():
     assert benchmark.peak_flops(Device("cpu"), jnp.float32) is None
 
 
+def _benchmark_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m experiments.benchmark --json ARGS` on the CPU, one device."""
+    return subprocess.run([sys.executable, "-m", "experiments.benchmark", "--json", *args],
+                          cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_cli_json_parses():
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmark", "--model=convnet_cifar", "--num_classes=5",
-         "--batch_size=2", "--image_size=8", "--num_batches=2", "--burn_in=1", "--json",
-         "--modes=forward,forward_backward", "--notorch"],
-        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
-        capture_output=True, text=True, timeout=300)
+    result = _benchmark_cli("--model=convnet_cifar", "--num_classes=5", "--batch_size=2",
+                            "--image_size=8", "--num_batches=2", "--burn_in=1",
+                            "--modes=forward,forward_backward", "--notorch")
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert [r["mode"] for r in out["results"]] == ["forward", "forward_backward"]
@@ -87,12 +91,9 @@ def test_cli_json_parses():
 
 def test_cli_records_the_machine_and_marks_loaded_ratios():
     torch = pytest.importorskip("torch", reason="PyTorch is optional (not in requirements.txt)")
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmark", "--model=lenet5", "--num_classes=5",
-         "--batch_size=2", "--image_size=32", "--num_batches=1", "--burn_in=0", "--json",
-         "--modes=forward", "--torch"],
-        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
-        capture_output=True, text=True, timeout=300)
+    result = _benchmark_cli("--model=lenet5", "--num_classes=5", "--batch_size=2",
+                            "--image_size=32", "--num_batches=1", "--burn_in=0",
+                            "--modes=forward", "--torch")
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     host = out["config"]["machine"]

@@ -26,6 +26,7 @@ from absl import app, flags
 
 from experiments import cli, machine, model_flags, timing_flags
 from jaxcnn import benchmark, models, xla_options
+from jaxcnn.models import summary
 
 flags.DEFINE_integer("num_classes", 1000, "classifier outputs", lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "images per batch", lower_bound=1)
@@ -112,9 +113,8 @@ def run():
                          "xla_flops": None, "ratio": timing.mean_s / torch_timing.mean_s, **load})
             if not load["reliable"]:
                 print(f"{mode}: {machine.load_warning(load)}", file=sys.stderr)
-    params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
-        model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))["params"]))
-    forward_flops = 2 * benchmark.analytic_macs(model, image_shape)
+    params = summary.parameter_count(model, image_shape)
+    forward_flops = summary.flops_per_image(model, image_shape)
     config = {"model": FLAGS.model, "num_classes": FLAGS.num_classes, "options": options,
               "image_shape": image_shape,
               "batch_size": FLAGS.batch_size, "dtype": FLAGS.dtype,

@@ -145,16 +145,17 @@ def time_calls(*calls: Callable[[], Any], burn_in: int, num_batches: int) -> lis
     return [np.asarray(seconds) for seconds in durations]
 
 
-def compile_step(fn: Callable, args: tuple, compiler_options: dict | None = None
-                 ) -> tuple[Callable, float, float | None]:
+def compile_step(fn: Callable, args: tuple, compiler_options: dict | None = None,
+                 donate_argnums: tuple[int, ...] = ()) -> tuple[Callable, float, float | None]:
     """`fn` jitted and compiled for `args`: (compiled, trace+lower+compile seconds, XLA FLOPs).
 
     compiler_options: XLA's; None means jaxcnn's choice for the backend (`xla_options`), {} XLA's
-    own defaults."""
+    own defaults. donate_argnums: as `jax.jit`'s (the trainer donates the train state)."""
     if compiler_options is None:
         compiler_options = xla_options.compiler_options()
     start = time.perf_counter()
-    compiled = jax.jit(fn, compiler_options=compiler_options).lower(*args).compile()
+    compiled = jax.jit(fn, compiler_options=compiler_options,
+                       donate_argnums=donate_argnums).lower(*args).compile()
     seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):     # older jaxlibs: one dict per computation
@@ -209,7 +210,8 @@ def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size
     else:
         variables = jax.jit(model.init)(init_key, images[:1])
         fn, args = (forward if mode == "forward" else forward_backward)(model), (variables, images)
-    compiled, compile_s, xla_flops = compile_step(fn, args, compiler_options)
+    donate = (0,) if mode == "train_step" else ()      # the state, as the trainer does
+    compiled, compile_s, xla_flops = compile_step(fn, args, compiler_options, donate)
 
     def call():
         nonlocal args

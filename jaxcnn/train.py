@@ -48,6 +48,12 @@ def correct_topk(logits, labels, k: int):
     return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every array in `tree` is finite: exact, unlike a global norm that
+    overflows for large finite values, and one read of each array."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
                grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
     """One optimizer update on the global batch. A non-finite loss or gradient leaves the state
@@ -71,14 +77,17 @@ def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (metrics, batch_stats)), grads = accumulate_gradients(
         grad_fn, state.params, state.batch_stats, batch, dropout_rng, grad_accum_steps)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-    keep_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep_finite(optax.apply_updates(state.params, updates), state.params),
-        opt_state=keep_finite(opt_state, state.opt_state),
-        batch_stats=keep_finite(batch_stats, state.batch_stats))
+    finite = jnp.isfinite(loss) & all_finite(grads)
+
+    def update(state):
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
+        return state.replace(params=optax.apply_updates(state.params, updates),
+                             opt_state=opt_state, batch_stats=batch_stats)
+
+    # A branch, not a select per array: the skipped update costs nothing and the taken one runs
+    # as optax's own fused pass (a select per array doubled AlexNet's update time on CPU).
+    new_state = jax.lax.cond(finite, update, lambda state: state, state)
+    new_state = new_state.replace(step=state.step + 1)
     metrics = {
         **metrics,
         "learning_rate": optim.current_learning_rate(state.lr_fn, state.opt_state, state.step),

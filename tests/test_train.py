@@ -62,13 +62,22 @@ def test_topk_accuracy_and_masked_eval_against_numpy():
 
 
 def test_nonfinite_update_is_dropped_and_reported():
-    model = models.create("convnet_cifar", 2, width=4)
+    model = models.create("convnet_cifar", 2, width=4, norm="batch")
     state = small_state(model)
     batch = {"image": jnp.full((2, 8, 8, 3), jnp.nan), "label": jnp.array([0, 1])}
     new_state, metrics = jax.jit(train.train_step)(state, batch)
     assert int(metrics["nonfinite"]) == 1 and int(metrics["first_nonfinite_step"]) == 0
-    jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
+    for new, old in ((new_state.params, state.params), (new_state.opt_state, state.opt_state),
+                     (new_state.batch_stats, state.batch_stats)):
+        jax.tree.map(np.testing.assert_array_equal, new, old)
     assert int(new_state.step) == 1
+
+
+def test_all_finite_is_exact_where_a_global_norm_overflows():
+    huge = {"a": jnp.full((3,), 1e30), "b": jnp.ones((2, 2))}
+    assert bool(train.all_finite(huge)) and not np.isfinite(float(optax.tree.norm(huge)))
+    for bad in (jnp.inf, -jnp.inf, jnp.nan):
+        assert not bool(train.all_finite({**huge, "b": jnp.ones((2, 2)).at[1, 0].set(bad)}))
 
 
 def test_step_on_8_devices_equals_step_on_1_device():

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.models import dense_ops, pool_ops
+
 Dtype = Any
 NORMS = ("none", "batch", "lrn")
 BRANCH_KERNELS = (1, 3, 5, 7)
@@ -81,7 +83,7 @@ def min_size_for(ops: Sequence[tuple[int, int, int]]) -> int:
 
 
 def max_pool(x, window=2, stride=2, padding="VALID"):
-    return nn.max_pool(x, (window, window), (stride, stride), padding=padding)
+    return pool_ops.max_pool(x, (window, window), (stride, stride), padding=padding)
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
@@ -166,7 +168,8 @@ class ConvBlock(nn.Module):
 def classifier(x, widths: Sequence[int], num_classes: int, dropout: float, train: bool,
                dtype: Dtype, names: Sequence[str] | None = None):
     """The FC head: Dense → ReLU → Dropout for each width, then the logits layer (float32 out)."""
-    dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=dtype)
+    dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=dtype,
+                              dot_general=dense_ops.dense_dot_general)
     names = names or [f"fc{i + 1}" for i in range(len(widths) + 1)]
     for name, width in zip(names, widths):
         x = nn.Dropout(dropout, deterministic=not train)(nn.relu(dense(width, name=name)(x)))

@@ -1,0 +1,49 @@
+"""`dense_ops.dense_dot_general` equals `lax.dot_general` (values and both gradients) and is what
+the zoo's classifier layers use; the blocked form only where `prefers_blocked` says so."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn import models
+from jaxcnn.models import dense_ops
+
+STANDARD = (((1,), (0,)), ((), ()))
+
+
+@pytest.mark.parametrize("rows", [2048, 4096 + 512])
+def test_blocked_dense_equals_xla_with_gradients(rows):
+    kx, kw, kc = jax.random.split(jax.random.key(0), 3)
+    x, kernel = jax.random.normal(kx, (3, rows)), jax.random.normal(kw, (rows, 5))
+    cotangent = jax.random.normal(kc, (3, 5))
+    assert dense_ops.prefers_blocked(x.shape, kernel.shape, backend="cpu")
+
+    def value_and_grads(dot_general):
+        f = lambda x, k: dot_general(x, k, STANDARD, precision=None)
+        y, vjp = jax.vjp(jax.jit(f), x, kernel)
+        return (y, *vjp(cotangent))
+
+    blocked = jax.jit(lambda x, k: dense_ops.dense_dot_general(x, k, STANDARD))
+    assert "custom_vjp_call" in str(jax.make_jaxpr(blocked)(x, kernel))
+    for ours, ref in zip(value_and_grads(dense_ops.dense_dot_general),
+                         value_and_grads(lambda *a, **k: lax.dot_general(
+                             *a, **k, precision=lax.Precision.HIGHEST))):
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_policy_blocks_only_large_2d_kernels_in_whole_blocks_on_cpu():
+    assert dense_ops.prefers_blocked((4, 25088), (25088, 4096), backend="cpu")
+    assert not dense_ops.prefers_blocked((4, 25088), (25088, 4096), backend="gpu")
+    assert not dense_ops.prefers_blocked((4, 512), (512, 512), backend="cpu")          # small
+    assert not dense_ops.prefers_blocked((4, 2100), (2100, 10), backend="cpu")         # 2100 % 256
+    assert not dense_ops.prefers_blocked((4, 7, 2048), (2048, 10), backend="cpu")      # 3-D input
+
+
+def test_zoo_classifiers_use_it():
+    model = models.create("alexnet", num_classes=10)
+    x = jnp.zeros((1, 64, 64, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    grad = lambda p: jax.grad(lambda p: model.apply({"params": p}, x).sum())(p)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(grad)(variables["params"]))

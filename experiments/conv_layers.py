@@ -5,7 +5,8 @@
 
 Prints a markdown table: ms per call, forward and forward-backward (gradients of the input and
 the kernel; torch: forward + backward), for the jitted `lax.conv_general_dilated`, the im2col form
-of `jaxcnn.models.conv_ops` and a channels_last `torch.nn.Conv2d` without bias, timed alternately
+of `jaxcnn.models.conv_ops`, the form its "auto" policy picks (named in its own column) and a
+channels_last `torch.nn.Conv2d` without bias, timed alternately
 call by call so that all three see the same load; then the machine and the load average around
 each row (`experiments.machine`).
 """
@@ -102,7 +103,8 @@ def torch_calls(shape: ConvShape) -> tuple[Callable, Callable]:
 def time_shape(shape: ConvShape, burn_in: int, num_batches: int, with_torch: bool) -> dict:
     """Median ms of forward and forward-backward per formulation, and the load around them."""
     impls = {"xla": jax_calls(shape, lax.conv_general_dilated),
-             "im2col": jax_calls(shape, conv_ops.im2col_conv_general_dilated)}
+             "im2col": jax_calls(shape, conv_ops.im2col_conv_general_dilated),
+             "auto": jax_calls(shape, conv_ops.auto_conv_general_dilated)}
     if with_torch:
         impls["torch"] = torch_calls(shape)
     load_before, others = os.getloadavg(), machine.OtherProcesses().start()
@@ -111,7 +113,9 @@ def time_shape(shape: ConvShape, burn_in: int, num_batches: int, with_torch: boo
         seconds = benchmark.time_calls(*(calls[i] for calls in impls.values()), burn_in=burn_in,
                                        num_batches=num_batches)
         row.update({(impl, mode): 1e3 * float(np.median(s)) for impl, s in zip(impls, seconds)})
-    return {"ms": row, **machine.load_check(load_before, os.getloadavg(), os.cpu_count(),
+    choice = conv_ops.auto_choice(shape.input_shape, (*shape.kernel, shape.input_shape[-1],
+                                                      shape.features), shape.strides, NHWC)
+    return {"ms": row, "auto_choice": choice, **machine.load_check(load_before, os.getloadavg(), os.cpu_count(),
                                             others.stop())}
 
 
@@ -120,8 +124,8 @@ def markdown(rows: list[tuple[str, ConvShape, int, dict]]) -> str:
     impls = list(dict.fromkeys(impl for *_, result in rows for impl, _ in result["ms"]))
     columns = " | ".join(f"{impl} fwd / fwd-bwd ms" for impl in impls)
     lines = [f"| model | input N×H×W×C | kernel, stride | out | × | {columns} "
-             "| load before → after |",
-             "|---|---|---|--:|--:|" + "--:|" * len(impls) + "---|"]
+             "| auto picks | load before → after |",
+             "|---|---|---|--:|--:|" + "--:|" * len(impls) + "---|---|"]
     for model, shape, count, result in rows:
         ms = result["ms"]
         times = " | ".join(f"{ms[impl, 'forward']:.2f} / {ms[impl, 'forward_backward']:.2f}"
@@ -129,7 +133,8 @@ def markdown(rows: list[tuple[str, ConvShape, int, dict]]) -> str:
         mark = "" if result["reliable"] else " (unreliable)"
         lines.append(f"| {model} | {'×'.join(map(str, shape.input_shape))} | "
                      f"{'×'.join(map(str, shape.kernel))}/{shape.strides[0]} | {shape.features} | "
-                     f"{count} | {times} | {result['load_before'][0]:.2f} → "
+                     f"{count} | {times} | {result['auto_choice']} | "
+                     f"{result['load_before'][0]:.2f} → "
                      f"{result['load_after'][0]:.2f}{mark} |")
     return "\n".join(lines)
 

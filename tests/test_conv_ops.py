@@ -1,5 +1,5 @@
-"""The im2col convolution equals `lax.conv_general_dilated` (values and gradients); the "auto"
-policy and the `conv_impl` model option."""
+"""The im2col and single-channel convolutions equal `lax.conv_general_dilated` (values and
+gradients, to 1e-5); the "auto" policy and the `conv_impl` model option."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +17,12 @@ CASES = {  # x shape, kernel shape (in the layout's order), strides, padding, gr
     "groups": ((2, 7, 7, 6), (3, 3, 3, 4), (1, 1), "SAME", 2, NHWC),
     "pointwise_2x2": ((3, 2, 2, 8), (1, 1, 8, 8), (1, 1), "SAME", 1, NHWC),
     "nchw": ((2, 4, 6, 6), (5, 4, 3, 3), (2, 2), "SAME", 1, ("NCHW", "OIHW", "NCHW")),
+}
+SINGLE_CHANNEL_CASES = {  # x shape, kernel shape, strides, padding, kernel dilation, layout
+    "lenet_5x5_valid": ((3, 12, 12, 1), (5, 5, 1, 6), (1, 1), "VALID", (1, 1), NHWC),
+    "same_stride_2": ((2, 9, 8, 1), (3, 3, 1, 4), (2, 2), "SAME", (1, 1), NHWC),
+    "padded_dilated": ((2, 10, 10, 1), (3, 2, 1, 5), (1, 2), [(2, 1), (0, 3)], (2, 1), NHWC),
+    "nchw": ((2, 1, 7, 7), (4, 1, 3, 3), (1, 1), "SAME", (1, 1), ("NCHW", "OIHW", "NCHW")),
 }
 
 
@@ -46,16 +52,36 @@ def test_im2col_equals_xla_with_gradients(name):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_policy_uses_im2col_only_on_cpu_for_tiny_maps_and_pointwise_convs():
-    def prefers(x_shape, k, backend="cpu", strides=(1, 1)):
-        return conv_ops.prefers_im2col(x_shape, (k, k, 8, 8), strides, NHWC, backend=backend)
+def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_and_pointwise_xla_elsewhere():
+    def choice(x_shape, k, backend="cpu", strides=(1, 1), groups=1):
+        kernel = (k, k, x_shape[-1] // groups, 8)
+        return conv_ops.auto_choice(x_shape, kernel, strides, NHWC, groups, backend=backend)
 
-    assert prefers((64, 2, 2, 8), 3) and prefers((64, 1, 1, 8), 3)
-    assert prefers((64, 4, 4, 8), 3, strides=(2, 2))
-    assert prefers((64, 56, 56, 8), 1)
-    assert not prefers((64, 8, 8, 8), 3)
-    assert not prefers((64, 2, 2, 8), 3, backend="gpu")
-    assert not prefers((64, 56, 56, 8), 1, backend="gpu")
+    assert choice((64, 2, 2, 8), 3) == choice((64, 1, 1, 8), 3) == "im2col"
+    assert choice((64, 4, 4, 8), 3, strides=(2, 2)) == "im2col"
+    assert choice((64, 56, 56, 8), 1) == "im2col"
+    assert choice((64, 32, 32, 1), 5) == "single_channel"
+    assert choice((64, 8, 8, 8), 3) == "xla"
+    assert choice((64, 8, 8, 8), 3, groups=8) == "xla"
+    for x_shape, k in (((64, 2, 2, 8), 3), ((64, 56, 56, 8), 1), ((64, 32, 32, 1), 5)):
+        assert choice(x_shape, k, backend="gpu") == "xla"
+
+
+@pytest.mark.parametrize("name", SINGLE_CHANNEL_CASES)
+def test_single_channel_equals_xla_with_gradients(name):
+    x_shape, w_shape, strides, padding, dilation, layout = SINGLE_CHANNEL_CASES[name]
+    kx, kw, kc = jax.random.split(jax.random.key(0), 3)
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+
+    def value_and_grads(conv):
+        f = jax.jit(lambda x, w: conv(x, w, strides, padding, rhs_dilation=dilation,
+                                      dimension_numbers=layout, precision=lax.Precision.HIGHEST))
+        y, vjp = jax.vjp(f, x, w)
+        return (y, *vjp(jax.random.normal(kc, y.shape)))
+
+    for got, want in zip(value_and_grads(conv_ops.single_channel_conv_general_dilated),
+                         value_and_grads(lax.conv_general_dilated)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_impl_option_gives_the_same_model():

@@ -1,12 +1,14 @@
-"""Convolution as im2col + one matmul, and the per-shape policy that picks it over XLA's conv.
+"""Convolutions in forms XLA:CPU runs faster than its own, and the per-shape "auto" policy.
 
 XLA:CPU's convolution is pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2
-maps runs ~35× slower than the same conv written as a matmul; see BENCHMARKS.md), while on GPU
-cuDNN wins everywhere. Every function here has the signature of `jax.lax.conv_general_dilated`,
+maps runs ~35× slower than the same conv written as a matmul: im2col) and on one-channel inputs
+(LeNet's grayscale first conv: an elementwise sum over kernel taps is ~4× faster; see
+BENCHMARKS.md), while on GPU cuDNN wins everywhere. Every function here has the signature of `jax.lax.conv_general_dilated`,
 so it drops into `flax.linen.Conv(conv_general_dilated=...)`.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Callable
@@ -39,6 +41,29 @@ def _padded_input(x, window, window_strides, padding, lhs_dilation, rhs_dilation
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
+def _taps(x, window, strides, rhs_dilation):
+    """The strided slice of padded NHWC `x` that each kernel tap reads, in row-major tap order."""
+    out_sizes = [(n - (k - 1) * d - 1) // s + 1
+                 for n, k, d, s in zip(x.shape[1:-1], window, rhs_dilation, strides)]
+    taps = []
+    for offset in itertools.product(*map(range, window)):
+        start = [o * d for o, d in zip(offset, rhs_dilation)]
+        limit = [b + (n - 1) * s + 1 for b, n, s in zip(start, out_sizes, strides)]
+        taps.append(lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]),
+                              (1, *strides, 1)))
+    return taps
+
+
+def _from_nhwc(y, dn):
+    """(N, spatial..., C) `y` in the output layout of dimension numbers `dn`."""
+    spatial = y.ndim - 2
+    logical_axes = (0, spatial + 1, *range(1, spatial + 1))       # where N, C, spatial... sit in y
+    perm = [0] * y.ndim
+    for logical, axis in enumerate(dn.out_spec):
+        perm[axis] = logical_axes[logical]
+    return jnp.transpose(y, perm)
+
+
 def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                 rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                                 batch_group_count=1, precision=None, preferred_element_type=None):
@@ -52,14 +77,7 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
     strides = tuple(window_strides)
     rhs_dilation = tuple(rhs_dilation or ones)
     x = _padded_input(x, window, strides, padding, tuple(lhs_dilation or ones), rhs_dilation)
-    out_sizes = [(n - (k - 1) * d - 1) // s + 1
-                 for n, k, d, s in zip(x.shape[1:-1], window, rhs_dilation, strides)]
-    taps = []
-    for offset in itertools.product(*map(range, window)):
-        start = [o * d for o, d in zip(offset, rhs_dilation)]
-        limit = [b + (n - 1) * s + 1 for b, n, s in zip(start, out_sizes, strides)]
-        taps.append(lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]),
-                              (1, *strides, 1)))
+    taps = _taps(x, window, strides, rhs_dilation)
     groups = feature_group_count
     channels, features = w.shape[-2], w.shape[-1]
     patches = jnp.stack(taps, axis=-2)                            # (N, out..., taps, C)
@@ -69,40 +87,96 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
     y = lax.dot_general(patches, w, (((tap_axis, tap_axis + 2), (0, 1)), ((tap_axis + 1,), (2,))),
                         precision=precision, preferred_element_type=preferred_element_type)
     y = jnp.moveaxis(y, 0, -2).reshape(*y.shape[1:-1], features)  # (N, out..., O)
-    logical_axes = (0, spatial + 1, *range(1, spatial + 1))       # where N, C, spatial... sit in y
-    perm = [0] * y.ndim
-    for logical, axis in enumerate(dn.out_spec):
-        perm[axis] = logical_axes[logical]
-    return jnp.transpose(y, perm)
+    return _from_nhwc(y, dn)
 
 
-def prefers_im2col(lhs_shape, rhs_shape, window_strides, dimension_numbers=None,
-                   backend: str | None = None) -> bool:
-    """The "auto" policy, measured in BENCHMARKS.md: on CPU, im2col for convs whose output map
-    is tiny and for pointwise (1×1) convs, which are a plain matmul; XLA's conv everywhere else."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _single_channel_conv(x, w, strides, padding, rhs_dilation):
+    """NHWC x with one channel, HWIO w: the sum over taps of tap × kernel row, elementwise."""
+    window = w.shape[:-2]
+    x = _padded_input(x, window, strides, padding, (1,) * len(window), rhs_dilation)
+    taps = _taps(x, window, strides, rhs_dilation)
+    return sum(tap * w[offset][0] for tap, offset in
+               zip(taps, itertools.product(*map(range, window))))
+
+
+def _single_channel_conv_fwd(x, w, strides, padding, rhs_dilation):
+    return _single_channel_conv(x, w, strides, padding, rhs_dilation), (x, w)
+
+
+def _single_channel_conv_bwd(strides, padding, rhs_dilation, residuals, dy):
+    """XLA's own convolution gradients: fast here, where its forward pass is not."""
+    x, w = residuals
+    conv = lambda x, w: lax.conv_general_dilated(
+        x, w, strides, padding, rhs_dilation=rhs_dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.vjp(conv, x, w)[1](dy)
+
+
+_single_channel_conv.defvjp(_single_channel_conv_fwd, _single_channel_conv_bwd)
+
+
+def single_channel_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                        rhs_dilation=None, dimension_numbers=None,
+                                        feature_group_count=1, batch_group_count=1,
+                                        precision=None, preferred_element_type=None):
+    """`lax.conv_general_dilated` for one input channel as an elementwise sum over kernel taps
+    (forward) with XLA's own gradients (backward): for LeNet's grayscale first conv, XLA:CPU's
+    convolution spends ~7 ms where the elementwise sum takes ~1 (BENCHMARKS.md)."""
+    x, w, dn = _to_nhwc(lhs, rhs, dimension_numbers)
+    if x.shape[-1] != 1 or feature_group_count != 1 or batch_group_count != 1 or (
+            lhs_dilation and set(lhs_dilation) != {1}):
+        raise NotImplementedError("the single-channel convolution needs one input channel, "
+                                  "no groups and no input dilation")
+    spatial = lhs.ndim - 2
+    if not isinstance(padding, str):
+        padding = tuple(tuple(p) for p in padding)
+    y = _single_channel_conv(x, w, tuple(window_strides), padding,
+                             tuple(rhs_dilation or (1,) * spatial))
+    if preferred_element_type is not None:
+        y = y.astype(preferred_element_type)
+    return _from_nhwc(y, dn)
+
+
+def auto_choice(lhs_shape, rhs_shape, window_strides, dimension_numbers=None,
+                feature_group_count=1, backend: str | None = None) -> str:
+    """The "auto" policy, measured in BENCHMARKS.md, as the name of a `FORMS` entry. On CPU:
+    the single-channel form for one-channel inputs (grayscale first convs); im2col for convs
+    whose output map is tiny and for pointwise (1×1) convs, which are a plain matmul; XLA's conv
+    everywhere else, and everywhere on GPU / TPU."""
     if (backend or jax.default_backend()) != "cpu":
-        return False
+        return "xla"
     dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+    if lhs_shape[dn.lhs_spec[1]] == 1 and feature_group_count == 1:
+        return "single_channel"
     window = [rhs_shape[a] for a in dn.rhs_spec[2:]]
     in_sizes = [lhs_shape[a] for a in dn.lhs_spec[2:]]
     out_pixels = math.prod(-(-n // s) for n, s in zip(in_sizes, window_strides))
-    return out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or set(window) == {1}
+    if out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or set(window) == {1}:
+        return "im2col"
+    return "xla"
 
 
 def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                               rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                               batch_group_count=1, precision=None, preferred_element_type=None):
-    """`lax.conv_general_dilated`, or its im2col form where `prefers_im2col` says it is faster."""
+    """`lax.conv_general_dilated` in the form `auto_choice` picks: the same results, faster."""
     plain = batch_group_count == 1 and set(lhs_dilation or [1]) == {1}
-    use_im2col = plain and prefers_im2col(lhs.shape, rhs.shape, window_strides, dimension_numbers)
-    conv = im2col_conv_general_dilated if use_im2col else lax.conv_general_dilated
-    return conv(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-                precision=precision, preferred_element_type=preferred_element_type)
+    choice = "xla" if not plain else auto_choice(lhs.shape, rhs.shape, window_strides,
+                                                 dimension_numbers, feature_group_count)
+    return FORMS[choice](
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
 
 
-CONV_IMPLS: dict[str, Callable] = {
+FORMS: dict[str, Callable] = {      # what `auto_choice` picks from
+    "xla": lax.conv_general_dilated,
+    "im2col": im2col_conv_general_dilated,
+    "single_channel": single_channel_conv_general_dilated,
+}
+CONV_IMPLS: dict[str, Callable] = {  # a model's `conv_impl` option
     "auto": auto_conv_general_dilated,
     "xla": lax.conv_general_dilated,
     "im2col": im2col_conv_general_dilated,

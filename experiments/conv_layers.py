@@ -114,7 +114,8 @@ def time_shape(shape: ConvShape, burn_in: int, num_batches: int, with_torch: boo
                                        num_batches=num_batches)
         row.update({(impl, mode): 1e3 * float(np.median(s)) for impl, s in zip(impls, seconds)})
     choice = conv_ops.auto_choice(shape.input_shape, (*shape.kernel, shape.input_shape[-1],
-                                                      shape.features), shape.strides, NHWC)
+                                                      shape.features), shape.strides,
+                                  shape.padding, NHWC)
     return {"ms": row, "auto_choice": choice, **machine.load_check(load_before, os.getloadavg(), os.cpu_count(),
                                             others.stop())}
 

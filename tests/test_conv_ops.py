@@ -53,14 +53,17 @@ def test_im2col_equals_xla_with_gradients(name):
 
 
 def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_and_pointwise_xla_elsewhere():
-    def choice(x_shape, k, backend="cpu", strides=(1, 1), groups=1):
+    def choice(x_shape, k, backend="cpu", strides=(1, 1), groups=1, padding="SAME"):
         kernel = (k, k, x_shape[-1] // groups, 8)
-        return conv_ops.auto_choice(x_shape, kernel, strides, NHWC, groups, backend=backend)
+        return conv_ops.auto_choice(x_shape, kernel, strides, padding, NHWC, groups,
+                                    backend=backend)
 
     assert choice((64, 2, 2, 8), 3) == choice((64, 1, 1, 8), 3) == "im2col"
     assert choice((64, 4, 4, 8), 3, strides=(2, 2)) == "im2col"
     assert choice((64, 56, 56, 8), 1) == "im2col"
     assert choice((64, 32, 32, 1), 5) == "single_channel"
+    assert choice((64, 5, 5, 16), 5, padding="VALID") == "im2col"        # LeNet's conv3: 1×1 out
+    assert choice((64, 6, 6, 8), 3, padding=[(0, 0), (0, 0)]) == "xla"   # 4×4 out: 16 pixels
     assert choice((64, 8, 8, 8), 3) == "xla"
     assert choice((64, 8, 8, 8), 3, groups=8) == "xla"
     for x_shape, k in (((64, 2, 2, 8), 3), ((64, 56, 56, 8), 1), ((64, 32, 32, 1), 5)):

@@ -138,8 +138,8 @@ def single_channel_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_d
     return _from_nhwc(y, dn)
 
 
-def auto_choice(lhs_shape, rhs_shape, window_strides, dimension_numbers=None,
-                feature_group_count=1, backend: str | None = None) -> str:
+def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers=None,
+                feature_group_count=1, rhs_dilation=None, backend: str | None = None) -> str:
     """The "auto" policy, measured in BENCHMARKS.md, as the name of a `FORMS` entry. On CPU:
     the single-channel form for one-channel inputs (grayscale first convs); im2col for convs
     whose output map is tiny and for pointwise (1×1) convs, which are a plain matmul; XLA's conv
@@ -151,7 +151,11 @@ def auto_choice(lhs_shape, rhs_shape, window_strides, dimension_numbers=None,
         return "single_channel"
     window = [rhs_shape[a] for a in dn.rhs_spec[2:]]
     in_sizes = [lhs_shape[a] for a in dn.lhs_spec[2:]]
-    out_pixels = math.prod(-(-n // s) for n, s in zip(in_sizes, window_strides))
+    dilated = [(k - 1) * d + 1 for k, d in zip(window, rhs_dilation or [1] * len(window))]
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(in_sizes, dilated, window_strides, padding)
+    out_pixels = math.prod((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
+                           zip(in_sizes, padding, dilated, window_strides))
     if out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or set(window) == {1}:
         return "im2col"
     return "xla"
@@ -162,8 +166,9 @@ def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=No
                               batch_group_count=1, precision=None, preferred_element_type=None):
     """`lax.conv_general_dilated` in the form `auto_choice` picks: the same results, faster."""
     plain = batch_group_count == 1 and set(lhs_dilation or [1]) == {1}
-    choice = "xla" if not plain else auto_choice(lhs.shape, rhs.shape, window_strides,
-                                                 dimension_numbers, feature_group_count)
+    choice = "xla" if not plain else auto_choice(lhs.shape, rhs.shape, window_strides, padding,
+                                                 dimension_numbers, feature_group_count,
+                                                 rhs_dilation)
     return FORMS[choice](
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.models import dense_ops, pool_ops
+from jaxcnn.models import dense_ops, norm_ops, pool_ops
 
 Dtype = Any
 NORMS = ("none", "batch", "lrn")
@@ -157,8 +157,8 @@ class ConvBlock(nn.Module):
         else:
             y = self._conv(self.features, (k, k), (s, s), [(p, p)] * 2, "conv")(x)
         if self.norm == "batch":
-            y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=1e-5, dtype=self.dtype, name="bn")(y)
+            y = norm_ops.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                                   epsilon=1e-5, dtype=self.dtype, name="bn")(y)
         y = nn.relu(y)
         if self.norm == "lrn":
             y = lrn(y, **(self.lrn_params or TF_LRN))

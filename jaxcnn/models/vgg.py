@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.models import layers
+from jaxcnn.models import layers, norm_ops
 from jaxcnn.models.base import ConvNet
 
 CFGS = {  # Table 1 of the paper
@@ -167,8 +167,8 @@ class CifarVGG(ConvNet):
         dense = lambda n, name: nn.Dense(n, kernel_init=layers.dense_init, dtype=self.dtype, name=name)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = dense(512, "fc1")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
-                         dtype=self.dtype, name="fc1_bn")(x)
+        x = norm_ops.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                               epsilon=1e-5, dtype=self.dtype, name="fc1_bn")(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
         x = dense(512, "fc2")(x)
         return dense(self.num_classes, "fc3")(x).astype(jnp.float32)

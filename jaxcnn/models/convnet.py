@@ -3,7 +3,7 @@ multi-branch and batch norm."""
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models import conv_ops, layers
+from jaxcnn.models import bias_ops, conv_ops, layers
 from jaxcnn.models.base import ConvNet
 
 
@@ -26,7 +26,7 @@ class ConvNetCifar(ConvNet):
         for i in (1, 2):
             x = self.conv_block(i, self.width, 5)(x, train)
             x = layers.max_pool(x, 2, 2, padding="SAME")
-        x = nn.Conv(self.num_classes, (5, 5), padding="SAME", kernel_init=layers.dense_init,
-                    dtype=self.dtype, conv_general_dilated=conv_ops.conv_fn(self.conv_impl),
-                    name="logits")(x)
+        x = bias_ops.Conv(self.num_classes, (5, 5), padding="SAME",
+                          kernel_init=layers.dense_init, dtype=self.dtype,
+                          conv_general_dilated=conv_ops.conv_fn(self.conv_impl), name="logits")(x)
         return jnp.mean(x, axis=(-3, -2)).astype(jnp.float32)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.models import dense_ops, norm_ops, pool_ops
+from jaxcnn.models import bias_ops, dense_ops, norm_ops, pool_ops
 
 Dtype = Any
 NORMS = ("none", "batch", "lrn")
@@ -129,9 +129,9 @@ class ConvBlock(nn.Module):
     conv_fn: Callable = jax.lax.conv_general_dilated   # or a replacement, see `conv_ops`
 
     def _conv(self, features, kernel, strides, padding, name):
-        return nn.Conv(features, kernel, strides, padding=padding,
-                       feature_group_count=self.groups, kernel_init=conv_init, dtype=self.dtype,
-                       conv_general_dilated=self.conv_fn, name=name)
+        return bias_ops.Conv(features, kernel, strides, padding=padding,
+                             feature_group_count=self.groups, kernel_init=conv_init,
+                             dtype=self.dtype, conv_general_dilated=self.conv_fn, name=name)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

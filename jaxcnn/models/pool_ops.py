@@ -61,8 +61,35 @@ def _max_pool_fwd(x, window, strides, pads):
     return y, (x, y)
 
 
+def _tiled_max_pool_bwd(x, y, dy, window):
+    """The backward pass where the windows tile the input exactly (stride = window, no padding):
+    each input gets its window's gradient or zero, with no sum over overlapping windows."""
+    n, *sizes, c = x.shape
+    tiles = [a for size, k in zip(sizes, window) for a in (size // k, k)]
+    x = x.reshape(n, *tiles, c)                               # (N, H/kh, kh, W/kw, kw, C)
+    expand = lambda a: jnp.expand_dims(a, tuple(range(2, 2 * len(window) + 1, 2)))
+    y, dy = expand(y), expand(dy)
+    claimed = jnp.zeros(y.shape, bool)
+    pieces = {}
+    for offset in itertools.product(*map(range, window)):
+        index = (slice(None), *[v for o in offset for v in (slice(None), slice(o, o + 1))])
+        first = (x[index] == y) & ~claimed
+        claimed = claimed | first
+        pieces[offset] = jnp.where(first, dy, jnp.zeros((), dy.dtype))
+    # reassemble the tiles: concatenate along each window axis, innermost offset first
+    def assemble(prefix, axis):
+        if len(prefix) == len(window):
+            return pieces[prefix]
+        return jnp.concatenate([assemble((*prefix, o), axis + 2)
+                                for o in range(window[len(prefix)])], axis=axis)
+    return assemble((), 2).reshape(n, *sizes, c)
+
+
 def _max_pool_bwd(window, strides, pads, residuals, dy):
     x, y = residuals
+    if window == strides and not any(lo or hi for lo, hi in pads) and all(
+            n % k == 0 for n, k in zip(x.shape[1:-1], window)):
+        return (_tiled_max_pool_bwd(x, y, dy, window),)
     xp = _padded(x, pads)
     claimed = jnp.zeros(y.shape, bool)
     dxp = jnp.zeros(xp.shape, dy.dtype)

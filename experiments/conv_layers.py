@@ -116,8 +116,8 @@ def time_shape(shape: ConvShape, burn_in: int, num_batches: int, with_torch: boo
     choice = conv_ops.auto_choice(shape.input_shape, (*shape.kernel, shape.input_shape[-1],
                                                       shape.features), shape.strides,
                                   shape.padding, NHWC)
-    return {"ms": row, "auto_choice": choice, **machine.load_check(load_before, os.getloadavg(), os.cpu_count(),
-                                            others.stop())}
+    load = machine.load_check(load_before, os.getloadavg(), os.cpu_count(), others.stop())
+    return {"ms": row, "auto_choice": choice, **load}
 
 
 def markdown(rows: list[tuple[str, ConvShape, int, dict]]) -> str:

@@ -13,7 +13,8 @@ flags.DEFINE_float("dropout", 0.5, "Dropout rate of the classifier.")
 flags.DEFINE_float("bn_momentum", 0.9, "Batch-norm moving-average decay.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype (params stay float32).")
 flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "im2col"],
-                  "Convolution: auto (im2col on CPU for tiny maps / 1x1 kernels), xla or im2col.")
+                  "Convolution: auto (on CPU: im2col for tiny maps / 1x1 kernels, an elementwise form for "
+                  "one-channel inputs), xla or im2col.")
 
 FLAGS = flags.FLAGS
 MODEL_OPTION_FLAGS = ("norm", "factorize", "multi_branch", "dropout", "bn_momentum", "dtype",

@@ -3,7 +3,8 @@
 XLA:CPU's convolution is pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2
 maps runs ~35× slower than the same conv written as a matmul: im2col) and on one-channel inputs
 (LeNet's grayscale first conv: an elementwise sum over kernel taps is ~4× faster; see
-BENCHMARKS.md), while on GPU cuDNN wins everywhere. Every function here has the signature of `jax.lax.conv_general_dilated`,
+BENCHMARKS.md), while on GPU cuDNN wins everywhere. Every conv function here has the signature
+of `jax.lax.conv_general_dilated`,
 so it drops into `flax.linen.Conv(conv_general_dilated=...)`.
 """
 from __future__ import annotations
@@ -41,16 +42,20 @@ def _padded_input(x, window, window_strides, padding, lhs_dilation, rhs_dilation
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
-def _taps(x, window, strides, rhs_dilation):
-    """The strided slice of padded NHWC `x` that each kernel tap reads, in row-major tap order."""
+def window_taps(x, window, strides, dilation=None
+                ) -> list[tuple[tuple[int, ...], jax.Array]]:
+    """(offset, the strided slice of padded NHWC `x` that window tap `offset` reads) for every tap
+    of a `window` (dilated by `dilation`) slid with `strides`, in row-major tap order: the
+    building block of im2col, the single-channel conv and `pool_ops`' max pool."""
+    dilation = tuple(dilation or (1,) * len(window))
     out_sizes = [(n - (k - 1) * d - 1) // s + 1
-                 for n, k, d, s in zip(x.shape[1:-1], window, rhs_dilation, strides)]
+                 for n, k, d, s in zip(x.shape[1:-1], window, dilation, strides)]
     taps = []
     for offset in itertools.product(*map(range, window)):
-        start = [o * d for o, d in zip(offset, rhs_dilation)]
+        start = [o * d for o, d in zip(offset, dilation)]
         limit = [b + (n - 1) * s + 1 for b, n, s in zip(start, out_sizes, strides)]
-        taps.append(lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]),
-                              (1, *strides, 1)))
+        taps.append((offset, lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]),
+                                       (1, *strides, 1))))
     return taps
 
 
@@ -77,7 +82,7 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
     strides = tuple(window_strides)
     rhs_dilation = tuple(rhs_dilation or ones)
     x = _padded_input(x, window, strides, padding, tuple(lhs_dilation or ones), rhs_dilation)
-    taps = _taps(x, window, strides, rhs_dilation)
+    taps = [tap for _, tap in window_taps(x, window, strides, rhs_dilation)]
     groups = feature_group_count
     channels, features = w.shape[-2], w.shape[-1]
     patches = jnp.stack(taps, axis=-2)                            # (N, out..., taps, C)
@@ -95,9 +100,8 @@ def _single_channel_conv(x, w, strides, padding, rhs_dilation):
     """NHWC x with one channel, HWIO w: the sum over taps of tap × kernel row, elementwise."""
     window = w.shape[:-2]
     x = _padded_input(x, window, strides, padding, (1,) * len(window), rhs_dilation)
-    taps = _taps(x, window, strides, rhs_dilation)
-    return sum(tap * w[offset][0] for tap, offset in
-               zip(taps, itertools.product(*map(range, window))))
+    taps = window_taps(x, window, strides, rhs_dilation)
+    return sum(tap * w[offset][0] for offset, tap in taps)
 
 
 def _single_channel_conv_fwd(x, w, strides, padding, rhs_dilation):

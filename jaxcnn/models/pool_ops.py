@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.models import conv_ops
+
 
 def _pads(shape, window, strides, padding):
     if isinstance(padding, str):
@@ -31,24 +33,11 @@ def _padded(x, pads):
     return lax.pad(x, low, ((0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)))
 
 
-def _taps(xp, window, strides, out):
-    """(offset, the strided slice of padded `xp` that window tap `offset` reads), row-major."""
-    for offset in itertools.product(*map(range, window)):
-        limit = [o + (n - 1) * s + 1 for o, n, s in zip(offset, out, strides)]
-        yield offset, limit, lax.slice(xp, (0, *offset, 0), (xp.shape[0], *limit, xp.shape[-1]),
-                                       (1, *strides, 1))
-
-
-def _out_sizes(xp_shape, window, strides):
-    return [(n - k) // s + 1 for n, k, s in zip(xp_shape[1:-1], window, strides)]
-
-
 def _reduce_max(x, window, strides, pads):
     """The maximum of the window taps' strided slices: elementwise, 2-3× faster on XLA:CPU than
     its reduce-window."""
-    xp = _padded(x, pads)
-    out = _out_sizes(xp.shape, window, strides)
-    return functools.reduce(jnp.maximum, (tap for *_, tap in _taps(xp, window, strides, out)))
+    taps = conv_ops.window_taps(_padded(x, pads), window, strides)
+    return functools.reduce(jnp.maximum, (tap for _, tap in taps))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -94,12 +83,12 @@ def _max_pool_bwd(window, strides, pads, residuals, dy):
     claimed = jnp.zeros(y.shape, bool)
     dxp = jnp.zeros(xp.shape, dy.dtype)
     zero = jnp.zeros((), dy.dtype)
-    for offset, limit, tap in _taps(xp, window, strides, y.shape[1:-1]):
+    for offset, tap in conv_ops.window_taps(xp, window, strides):
         first = (tap == y) & ~claimed
         claimed = claimed | first
         # put this tap's share back where it was read: interior padding undoes the stride
-        config = [(0, 0, 0), *[(o, size - lim, s - 1) for o, size, lim, s in
-                               zip(offset, xp.shape[1:-1], limit, strides)], (0, 0, 0)]
+        config = [(0, 0, 0), *[(o, size - o - (n - 1) * s - 1, s - 1) for o, size, n, s in
+                               zip(offset, xp.shape[1:-1], y.shape[1:-1], strides)], (0, 0, 0)]
         dxp = dxp + lax.pad(jnp.where(first, dy, zero), zero, config)
     starts = [lo for lo, _ in pads]
     return (lax.slice(dxp, (0, *starts, 0), (xp.shape[0], *[s + n for s, n in zip(

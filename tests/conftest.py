@@ -1,6 +1,6 @@
-"""Test-wide settings: 8 fake CPU devices (data-parallel tests), TF kept off accelerators, and
-deprecated APIs called from this project's code as errors (so that it keeps working when the next
-JAX / Flax / Optax / Orbax release removes them).
+"""Test-wide settings: 8 fake CPU devices (data-parallel tests), TF kept off accelerators, one
+persistent compilation cache for the session, and deprecated APIs called from this project's code
+as errors (so that it keeps working when the next JAX / Flax / Optax / Orbax release removes them).
 
 A warning is attributed to the module its `stacklevel` points at: the caller of the deprecated API.
 The filters match our modules only, so warnings that TensorFlow, TFDS or JAX itself raise about
@@ -8,10 +8,22 @@ their own internals stay warnings.
 """
 import glob
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# The suite compiles the same tiny LeNet programs in dozens of processes (the programs the tests
+# start, ~6 s of compiling each); JAX's persistent cache, inherited through the environment,
+# compiles each once. A fresh directory per session, removed at its end: no test sees another
+# session's executables.
+CACHE_DIR = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    CACHE_DIR = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-jit-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPRECATIONS = ("DeprecationWarning", "FutureWarning")
@@ -29,3 +41,8 @@ def pytest_configure(config):
     for category in DEPRECATIONS:   # module: a regex matching the start of the module name
         config.addinivalue_line("filterwarnings",
                                 f"error::{category}:(jaxcnn|experiments|test_|conftest)")
+
+
+def pytest_unconfigure(config):
+    if CACHE_DIR is not None:
+        shutil.rmtree(CACHE_DIR, ignore_errors=True)

@@ -3,16 +3,18 @@
 JAX differentiates `reduce_window(max)` through select-and-scatter, which XLA:CPU lowers to a
 reduce-window that carries an int32 iota index per window dimension, then a scatter: the largest
 non-convolution cost of VGG-16's train step in a jax.profiler trace. Here the backward pass
-compares each window tap with the pooled maximum instead, all elementwise: a tap receives the
-output gradient if it is the first maximum of its window in row-major order, as in XLA's
-select-and-scatter (so ties, e.g. windows of ReLU zeros, go where they went before). The forward
-pass is the maximum of the taps' strided slices, also elementwise. BENCHMARKS.md has the model
-timings before and after.
+sends each pooled gradient to its window's first maximum in row-major order, as XLA's
+select-and-scatter does (so ties, e.g. windows of ReLU zeros, go where they went before), all
+elementwise: where the windows tile the input, by reshapes; where they overlap or skip (AlexNet's
+3×3 windows at stride 2), one stride phase of the input at a time (a padded copy per tap, summed,
+was 4-5× slower). The forward pass is the maximum of the taps' strided slices. BENCHMARKS.md has
+the timings before and after.
 """
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 
 import flax.linen as nn
 import jax
@@ -74,22 +76,55 @@ def _tiled_max_pool_bwd(x, y, dy, window):
     return assemble((), 2).reshape(n, *sizes, c)
 
 
+def _first_max_tap(xp, y, window, strides):
+    """Per pooled position, the row-major index of its window's first tap equal to the max."""
+    taps = conv_ops.window_taps(xp, window, strides)
+    first = jnp.full(y.shape, -1, jnp.int32)
+    for index in reversed(range(len(taps))):
+        first = jnp.where(taps[index][1] == y, index, first)
+    return first
+
+
+def _phased_max_pool_bwd(xp_shape, first, dy, window, strides):
+    """The gradient of the padded input, one stride phase at a time. Input row p = r + s·j (phase
+    r, position j) is read by the taps o ≡ r (mod s), as tap o = r + s·q of pooled row j − q; so
+    each phase is an elementwise sum over its taps of shifted slices of dy and `first`, with no
+    padded copy per tap. The phases are then interleaved by a stack and a reshape."""
+    spatial = len(window)
+    reach = [-(-k // s) for k, s in zip(window, strides)]            # taps per phase, at most
+    phase_sizes = [-(-n // s) for n, s in zip(xp_shape[1:-1], strides)]
+    pads = [(0, 0, 0), *[(q - 1, j - m, 0) for q, j, m in zip(reach, phase_sizes, dy.shape[1:-1])],
+            (0, 0, 0)]
+    zero = jnp.zeros((), dy.dtype)
+    dy, first = lax.pad(dy, zero, pads), lax.pad(first, jnp.int32(-1), pads)
+    n, c = dy.shape[0], dy.shape[-1]
+    phases = []
+    for phase in itertools.product(*map(range, strides)):
+        total = jnp.zeros((n, *phase_sizes, c), dy.dtype)
+        for shift in itertools.product(*map(range, reach)):
+            offset = [r + s * q for r, s, q in zip(phase, strides, shift)]
+            if any(o >= k for o, k in zip(offset, window)):
+                continue
+            tap = sum(o * math.prod(window[d + 1:]) for d, o in enumerate(offset))
+            start = (0, *[q_max - 1 - q for q_max, q in zip(reach, shift)], 0)
+            limit = (n, *[b + j for b, j in zip(start[1:], phase_sizes)], c)
+            total = total + jnp.where(lax.slice(first, start, limit) == tap,
+                                      lax.slice(dy, start, limit), zero)
+        phases.append(total)
+    grid = jnp.stack(phases, axis=1).reshape(n, *strides, *phase_sizes, c)
+    order = [0, *[a for d in range(spatial) for a in (1 + spatial + d, 1 + d)], 1 + 2 * spatial]
+    full = jnp.transpose(grid, order).reshape(n, *[j * s for j, s in zip(phase_sizes, strides)], c)
+    return full[(slice(None), *[slice(0, size) for size in xp_shape[1:-1]])]
+
+
 def _max_pool_bwd(window, strides, pads, residuals, dy):
     x, y = residuals
     if window == strides and not any(lo or hi for lo, hi in pads) and all(
             n % k == 0 for n, k in zip(x.shape[1:-1], window)):
         return (_tiled_max_pool_bwd(x, y, dy, window),)
     xp = _padded(x, pads)
-    claimed = jnp.zeros(y.shape, bool)
-    dxp = jnp.zeros(xp.shape, dy.dtype)
-    zero = jnp.zeros((), dy.dtype)
-    for offset, tap in conv_ops.window_taps(xp, window, strides):
-        first = (tap == y) & ~claimed
-        claimed = claimed | first
-        # put this tap's share back where it was read: interior padding undoes the stride
-        config = [(0, 0, 0), *[(o, size - o - (n - 1) * s - 1, s - 1) for o, size, n, s in
-                               zip(offset, xp.shape[1:-1], y.shape[1:-1], strides)], (0, 0, 0)]
-        dxp = dxp + lax.pad(jnp.where(first, dy, zero), zero, config)
+    dxp = _phased_max_pool_bwd(xp.shape, _first_max_tap(xp, y, window, strides), dy, window,
+                               strides)
     starts = [lo for lo, _ in pads]
     return (lax.slice(dxp, (0, *starts, 0), (xp.shape[0], *[s + n for s, n in zip(
         starts, x.shape[1:-1])], xp.shape[-1])),)

@@ -55,14 +55,14 @@ class _Unreadable(Exception):
     """A checkpoint that is damaged (as opposed to one written for another model or optimizer)."""
 
 
-def _is_storage_error(error: Exception) -> bool:
+def is_storage_error(error: Exception) -> bool:
     """What Orbax and TensorStore raise for a missing, truncated, damaged or unwritable file: JSON
     and TensorStore errors are ValueErrors, a missing item a KeyError, file errors OSErrors, and
     Orbax wraps a failed array read in a bare Exception."""
     return isinstance(error, (ValueError, KeyError, OSError)) or type(error) is Exception
 
 
-def _cause(error: Exception) -> str:
+def storage_error_cause(error: Exception) -> str:
     """The gist of an Orbax/TensorStore error in one line: the OS error when there is one (e.g.
     "No space left on device"), else the first line without TensorStore's spec dump."""
     code = re.search(r"os_error_code='(\d+)'", str(error))
@@ -146,9 +146,9 @@ class Checkpointer:
             saved = self.manager.restore(step, args=ocp.args.Composite(
                 meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:
-            if not _is_storage_error(e):
+            if not is_storage_error(e):
                 raise
-            raise _Unreadable(f"meta: {_cause(e)}") from e
+            raise _Unreadable(f"meta: {storage_error_cause(e)}") from e
         for key in ("model", "model_options", "num_classes"):
             if saved.get(key) != self.meta.get(key):
                 raise CheckpointError(f"{where} was written for {key}={saved.get(key)!r}, this run "
@@ -165,9 +165,9 @@ class Checkpointer:
             state = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state)))["state"]
         except Exception as e:
-            if not _is_storage_error(e):
+            if not is_storage_error(e):
                 raise
-            raise _Unreadable(f"state: {_cause(e)}") from e
+            raise _Unreadable(f"state: {storage_error_cause(e)}") from e
         saved_checksums = saved.get("checksums", [])
         for path, now, then in zip(expected, jax.device_get(_checksums(state)), saved_checksums):
             if int(now) != then:
@@ -195,15 +195,15 @@ class Checkpointer:
         try:
             yield
         except Exception as e:
-            if not _is_storage_error(e):
+            if not is_storage_error(e):
                 raise
             self.manager.reload()
             kept = self.manager.latest_step()
             kept = ("none is complete yet" if kept is None
                     else f"the last complete one, step {kept}, is kept")
             raise CheckpointError(
-                f"writing checkpoint step {self._started} to {self.directory} failed: {_cause(e)}; "
-                f"{kept}: free some space and run the same command again to resume") from e
+                f"writing checkpoint step {self._started} to {self.directory} failed: "
+                f"{storage_error_cause(e)}; {kept}: free some space and run the same command again to resume") from e
 
     def wait(self) -> None:
         with self._write_errors():

@@ -6,7 +6,8 @@
     run.class_names, run.rows                  # class names; metrics.jsonl's rows so far
 
 Only the model's variables are read from the checkpoint (not the optimiser state), and nothing is
-written, so a run that is still training can be looked at while it goes on.
+written, so a run that is still training can be looked at while it goes on. A damaged newest
+checkpoint is skipped for the one before it.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 
-from jaxcnn import models
+from jaxcnn import checkpoint, models
 from jaxcnn.config import DataConfig, ModelConfig, TrainConfig
 from jaxcnn.metric_writers import read_metrics
 
@@ -66,29 +68,59 @@ def _config(meta: dict, workdir: str) -> TrainConfig:
                                        augment=meta["augment"]), workdir=workdir)
 
 
+class _Unreadable(Exception):
+    """A checkpoint that Orbax cannot read (missing, truncated or damaged files)."""
+
+
+def _restore(manager: ocp.CheckpointManager, step: int) -> tuple[dict, models.ConvNet, dict]:
+    """(meta, model, {"params", "batch_stats"}) of checkpoint `step`."""
+    where = f"checkpoint {os.path.join(str(manager.directory), str(step))}"
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:
+        if not checkpoint.is_storage_error(e):
+            raise
+        raise _Unreadable(f"{where}: meta: {checkpoint.storage_error_cause(e)}") from e
+    model = models.create(meta["model"], meta["num_classes"], **meta["model_options"])
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *meta["input_shape"])))
+    # Only the model's variables of the saved train state: the optimiser state is not needed.
+    target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          target)
+    try:
+        variables = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            target, ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    except Exception as e:
+        if not checkpoint.is_storage_error(e):
+            raise
+        raise _Unreadable(f"{where}: state: {checkpoint.storage_error_cause(e)}") from e
+    return meta, model, variables["state"]
+
+
 def load(workdir: str) -> Run:
-    """The latest checkpoint of `workdir`, its model rebuilt from the meta, and the metric rows."""
+    """The newest readable checkpoint of `workdir`, its model rebuilt from the meta, and the metric
+    rows. A damaged checkpoint is skipped with a warning and left where it is (loading writes
+    nothing; the training job moves it aside when it next starts)."""
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"no workdir {workdir!r}")
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
     try:
-        step = manager.latest_step()
-        if step is None:
+        steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {directory!r} yet: train first with "
                                     f"`python -m experiments.run --workdir={workdir}`")
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        model = models.create(meta["model"], meta["num_classes"], **meta["model_options"])
-        shapes = jax.eval_shape(model.init, jax.random.key(0),
-                                jnp.zeros((1, *meta["input_shape"])))
-        # Only the model's variables of the saved train state: the optimiser state is not needed.
-        target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                              target)
-        variables = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            target, ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+        for step in steps:
+            try:
+                meta, model, variables = _restore(manager, step)
+                break
+            except _Unreadable as e:
+                logging.warning("%s is unreadable; trying the one before", e)
+        else:
+            raise checkpoint.CheckpointError(f"no readable checkpoint in {directory} (steps "
+                                             f"{', '.join(map(str, steps))} are damaged)")
     finally:
         manager.close()
-    return Run(workdir, step, model, variables["state"], _config(meta, workdir),
+    return Run(workdir, step, model, variables, _config(meta, workdir),
                list(meta["class_names"]), read_metrics(workdir))

@@ -1,13 +1,16 @@
-"""runs.load: a workdir opened in one call, finished or still training, old checkpoints included."""
+"""runs.load: a workdir opened in one call, finished or still training, old checkpoints included,
+a damaged newest checkpoint skipped."""
 import dataclasses
 import json
+import logging
+import os
 import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from jaxcnn import runs, trainer
+from jaxcnn import checkpoint, runs, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxcnn.metric_writers import read_metrics
 from jaxcnn.models.lenet import LeNet5
@@ -54,6 +57,29 @@ def test_a_run_still_training_shows_its_rows_so_far(trained, tmp_path):
         runs.load(str(tmp_path / "starting"))
     with pytest.raises(FileNotFoundError, match="no workdir"):
         runs.load(str(tmp_path / "missing"))
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before_and_left_in_place(
+        trained, tmp_path, caplog):
+    cfg, _ = trained
+    for copy in ("damaged", "without_8"):
+        shutil.copytree(cfg.workdir, tmp_path / copy)
+    checkpoints = tmp_path / "damaged/checkpoints"
+    assert sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) == [5, 8]
+    (checkpoints / "8/state/manifest.ocdbt").write_bytes(b"not a manifest")
+    shutil.rmtree(tmp_path / "without_8/checkpoints/8")
+    with caplog.at_level(logging.WARNING):
+        run = runs.load(str(tmp_path / "damaged"))
+    assert run.step == 5
+    jax.tree.map(np.testing.assert_array_equal, run.variables,
+                 runs.load(str(tmp_path / "without_8")).variables)
+    assert f"checkpoint {checkpoints / '8'}: state:" in caplog.text
+    assert "is unreadable; trying the one before" in caplog.text
+    assert (checkpoints / "8/state/manifest.ocdbt").read_bytes() == b"not a manifest"   # as found
+    (checkpoints / "5/state/manifest.ocdbt").write_bytes(b"not a manifest")
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"no readable checkpoint in .*damaged/checkpoints \(steps 8, 5 are"):
+        runs.load(str(tmp_path / "damaged"))
 
 
 def test_a_checkpoint_without_a_stored_config_gets_its_model_and_data_from_the_meta(trained,

@@ -5,10 +5,10 @@ reduce-window that carries an int32 iota index per window dimension, then a scat
 non-convolution cost of VGG-16's train step in a jax.profiler trace. Here the backward pass
 sends each pooled gradient to its window's first maximum in row-major order, as XLA's
 select-and-scatter does (so ties, e.g. windows of ReLU zeros, go where they went before), all
-elementwise: where the windows tile the input, by reshapes; where they overlap or skip (AlexNet's
-3×3 windows at stride 2), one stride phase of the input at a time (a padded copy per tap, summed,
-was 4-5× slower). The forward pass is the maximum of the taps' strided slices. BENCHMARKS.md has
-the timings before and after.
+elementwise, one stride phase of the input at a time: for windows that tile the input (VGG's
+2×2 / 2) each phase is one tap; for overlapping ones (AlexNet's 3×3 / 2) a sum of shifted slices
+(a padded copy per tap, summed, was 4-5× slower). The forward pass is the maximum of the taps'
+strided slices. BENCHMARKS.md has the timings before and after.
 """
 from __future__ import annotations
 
@@ -50,30 +50,6 @@ def _max_pool(x, window, strides, pads):
 def _max_pool_fwd(x, window, strides, pads):
     y = _reduce_max(x, window, strides, pads)
     return y, (x, y)
-
-
-def _tiled_max_pool_bwd(x, y, dy, window):
-    """The backward pass where the windows tile the input exactly (stride = window, no padding):
-    each input gets its window's gradient or zero, with no sum over overlapping windows."""
-    n, *sizes, c = x.shape
-    tiles = [a for size, k in zip(sizes, window) for a in (size // k, k)]
-    x = x.reshape(n, *tiles, c)                               # (N, H/kh, kh, W/kw, kw, C)
-    expand = lambda a: jnp.expand_dims(a, tuple(range(2, 2 * len(window) + 1, 2)))
-    y, dy = expand(y), expand(dy)
-    claimed = jnp.zeros(y.shape, bool)
-    pieces = {}
-    for offset in itertools.product(*map(range, window)):
-        index = (slice(None), *[v for o in offset for v in (slice(None), slice(o, o + 1))])
-        first = (x[index] == y) & ~claimed
-        claimed = claimed | first
-        pieces[offset] = jnp.where(first, dy, jnp.zeros((), dy.dtype))
-    # reassemble the tiles: concatenate along each window axis, innermost offset first
-    def assemble(prefix, axis):
-        if len(prefix) == len(window):
-            return pieces[prefix]
-        return jnp.concatenate([assemble((*prefix, o), axis + 2)
-                                for o in range(window[len(prefix)])], axis=axis)
-    return assemble((), 2).reshape(n, *sizes, c)
 
 
 def _first_max_tap(xp, y, window, strides):
@@ -119,9 +95,6 @@ def _phased_max_pool_bwd(xp_shape, first, dy, window, strides):
 
 def _max_pool_bwd(window, strides, pads, residuals, dy):
     x, y = residuals
-    if window == strides and not any(lo or hi for lo, hi in pads) and all(
-            n % k == 0 for n, k in zip(x.shape[1:-1], window)):
-        return (_tiled_max_pool_bwd(x, y, dy, window),)
     xp = _padded(x, pads)
     dxp = _phased_max_pool_bwd(xp.shape, _first_max_tap(xp, y, window, strides), dy, window,
                                strides)

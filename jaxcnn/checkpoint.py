@@ -51,18 +51,30 @@ def silence_failed_io_aftermath() -> None:
     std_logging.getLogger("asyncio").addFilter(lambda record: "/orbax/" not in record.getMessage())
 
 
-class _Unreadable(Exception):
+class Unreadable(Exception):
     """A checkpoint that is damaged (as opposed to one written for another model or optimizer)."""
 
 
-def is_storage_error(error: Exception) -> bool:
+@contextlib.contextmanager
+def reading(what: str):
+    """Turns the storage errors of an Orbax read inside into `Unreadable("WHAT: cause")`; any
+    other error passes through."""
+    try:
+        yield
+    except Exception as e:
+        if not _is_storage_error(e):
+            raise
+        raise Unreadable(f"{what}: {_storage_error_cause(e)}") from e
+
+
+def _is_storage_error(error: Exception) -> bool:
     """What Orbax and TensorStore raise for a missing, truncated, damaged or unwritable file: JSON
     and TensorStore errors are ValueErrors, a missing item a KeyError, file errors OSErrors, and
     Orbax wraps a failed array read in a bare Exception."""
     return isinstance(error, (ValueError, KeyError, OSError)) or type(error) is Exception
 
 
-def storage_error_cause(error: Exception) -> str:
+def _storage_error_cause(error: Exception) -> str:
     """The gist of an Orbax/TensorStore error in one line: the OS error when there is one (e.g.
     "No space left on device"), else the first line without TensorStore's spec dump."""
     code = re.search(r"os_error_code='(\d+)'", str(error))
@@ -130,7 +142,7 @@ class Checkpointer:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 return self._restore(abstract_state, step)
-            except _Unreadable as e:
+            except Unreadable as e:
                 moved.append(self._move_aside(step))
                 logging.warning("checkpoint step %d is unreadable (%s): moved to %s; trying the "
                                 "one before", step, e, moved[-1])
@@ -142,13 +154,9 @@ class Checkpointer:
 
     def _restore(self, abstract_state: Any, step: int) -> Any:
         where = f"checkpoint {os.path.join(self.directory, str(step))}"
-        try:
+        with reading("meta"):
             saved = self.manager.restore(step, args=ocp.args.Composite(
                 meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:
-            if not is_storage_error(e):
-                raise
-            raise _Unreadable(f"meta: {storage_error_cause(e)}") from e
         for key in ("model", "model_options", "num_classes"):
             if saved.get(key) != self.meta.get(key):
                 raise CheckpointError(f"{where} was written for {key}={saved.get(key)!r}, this run "
@@ -161,17 +169,13 @@ class Checkpointer:
                 f"{where} has other arrays than this run's state (at {path}: {arrays.get(path)} "
                 f"vs {expected.get(path)}): it was written with another optimizer or input size; "
                 f"use another --workdir")
-        try:
+        with reading("state"):
             state = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state)))["state"]
-        except Exception as e:
-            if not is_storage_error(e):
-                raise
-            raise _Unreadable(f"state: {storage_error_cause(e)}") from e
         saved_checksums = saved.get("checksums", [])
         for path, now, then in zip(expected, jax.device_get(_checksums(state)), saved_checksums):
             if int(now) != then:
-                raise _Unreadable(f"the array data of {path} does not match its checksum")
+                raise Unreadable(f"the array data of {path} does not match its checksum")
         return state
 
     def _move_aside(self, step: int) -> str:
@@ -195,7 +199,7 @@ class Checkpointer:
         try:
             yield
         except Exception as e:
-            if not is_storage_error(e):
+            if not _is_storage_error(e):
                 raise
             self.manager.reload()
             kept = self.manager.latest_step()
@@ -203,7 +207,8 @@ class Checkpointer:
                     else f"the last complete one, step {kept}, is kept")
             raise CheckpointError(
                 f"writing checkpoint step {self._started} to {self.directory} failed: "
-                f"{storage_error_cause(e)}; {kept}: free some space and run the same command again to resume") from e
+                f"{_storage_error_cause(e)}; {kept}: free some space and run the same command "
+                f"again to resume") from e
 
     def wait(self) -> None:
         with self._write_errors():

@@ -68,19 +68,11 @@ def _config(meta: dict, workdir: str) -> TrainConfig:
                                        augment=meta["augment"]), workdir=workdir)
 
 
-class _Unreadable(Exception):
-    """A checkpoint that Orbax cannot read (missing, truncated or damaged files)."""
-
-
 def _restore(manager: ocp.CheckpointManager, step: int) -> tuple[dict, models.ConvNet, dict]:
     """(meta, model, {"params", "batch_stats"}) of checkpoint `step`."""
     where = f"checkpoint {os.path.join(str(manager.directory), str(step))}"
-    try:
+    with checkpoint.reading(f"{where}: meta"):
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:
-        if not checkpoint.is_storage_error(e):
-            raise
-        raise _Unreadable(f"{where}: meta: {checkpoint.storage_error_cause(e)}") from e
     model = models.create(meta["model"], meta["num_classes"], **meta["model_options"])
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *meta["input_shape"])))
     # Only the model's variables of the saved train state: the optimiser state is not needed.
@@ -88,13 +80,9 @@ def _restore(manager: ocp.CheckpointManager, step: int) -> tuple[dict, models.Co
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           target)
-    try:
+    with checkpoint.reading(f"{where}: state"):
         variables = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             target, ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
-    except Exception as e:
-        if not checkpoint.is_storage_error(e):
-            raise
-        raise _Unreadable(f"{where}: state: {checkpoint.storage_error_cause(e)}") from e
     return meta, model, variables["state"]
 
 
@@ -115,7 +103,7 @@ def load(workdir: str) -> Run:
             try:
                 meta, model, variables = _restore(manager, step)
                 break
-            except _Unreadable as e:
+            except checkpoint.Unreadable as e:
                 logging.warning("%s is unreadable; trying the one before", e)
         else:
             raise checkpoint.CheckpointError(f"no readable checkpoint in {directory} (steps "

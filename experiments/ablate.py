@@ -30,7 +30,7 @@ import jax
 from absl import app, flags, logging
 
 from experiments import cli, launchers, model_flags, sweep_flags
-from jaxcnn import trainer
+from jaxcnn import host_memory, trainer
 from jaxcnn.ablation import records, report
 from jaxcnn.ablation.spec import Run, Sweep
 
@@ -150,8 +150,10 @@ def main(argv):
             if FLAGS.run_index >= len(runs):
                 raise ValueError(f"--run_index={FLAGS.run_index}: this sweep has runs 0 to "
                                  f"{len(runs) - 1}")
+            run = runs[FLAGS.run_index]
+            host_memory.reuse_freed_memory_for(sweep_flags.run_config(run, sweep_dir).data.image_size)
             cli.initialize_distributed()
-            return train_run(sweep, runs[FLAGS.run_index], sweep_dir, should_stop)
+            return train_run(sweep, run, sweep_dir, should_stop)
         todo = [] if FLAGS.aggregate else runs_to_launch(sweep, sweep_dir)
         if todo:
             flagfile = sweep_flags.resolved_flagfile(sweep, sweep_dir)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import cli, machine, model_flags, timing_flags
-from jaxcnn import benchmark, models, xla_options
+from jaxcnn import benchmark, host_memory, models, xla_options
 from jaxcnn.models import summary
 
 flags.DEFINE_integer("num_classes", 1000, "classifier outputs", lower_bound=1)
@@ -96,6 +96,7 @@ def run():
     model = models.create(FLAGS.model, FLAGS.num_classes, **{**options, "dtype": dtype})
     h, w, c = models.input_shape(FLAGS.model)
     image_shape = (h, w, c) if FLAGS.image_size is None else (FLAGS.image_size,) * 2 + (c,)
+    host_memory.reuse_freed_memory_for(image_shape[0])     # as the training job does
     twin = torch_twin(FLAGS.model, image_shape) if FLAGS.torch else None
     rows = []
     for mode in FLAGS.modes:
@@ -133,8 +134,7 @@ def run():
         f"{FLAGS.model} {options or ''} {'x'.join(map(str, image_shape))}, batch "
         f"{FLAGS.batch_size}, {FLAGS.dtype}, {config['device']}, "
         f"{FLAGS.num_batches} batches after {FLAGS.burn_in} burn-in\n"
-        f"{host['cpu']}, {host['cpu_count']} cores; XLA {host['xla_threads']} threads, "
-        f"XLA_FLAGS={host['xla_flags']!r}, compiler options {config['compiler_options']}"
+        f"{machine.describe(host, config['compiler_options'])}"
         + (f"; torch {host['torch_threads']} threads" if twin else "") + "\n"
         f"params {params:,}" + (f" (torch {twin.params:,})" if twin else "") +
         f"; forward {forward_flops / 2e9:.3f} GMACs = {forward_flops / 1e9:.3f} GFLOP/image "

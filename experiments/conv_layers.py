@@ -166,9 +166,8 @@ def main(argv):
             import torch  # noqa: PLC0415
             torch_threads = torch.get_num_threads()
         host = machine.record(torch_threads)
-        print(f"{host['cpu']}, {host['cpu_count']} cores; XLA {host['xla_threads']} threads, "
-              f"XLA_FLAGS={host['xla_flags']!r}, compiler options "
-              f"{xla_options.compiler_options()}; torch threads {host['torch_threads']}; "
+        print(f"{machine.describe(host, xla_options.compiler_options())}; "
+              f"torch threads {host['torch_threads']}; "
               f"median of {FLAGS.num_batches} after {FLAGS.burn_in} burn-in\n")
         print(markdown(rows))
 

@@ -16,6 +16,8 @@ import platform
 import time
 from typing import Sequence
 
+from jaxcnn import host_memory
+
 LOAD_LIMIT_PER_CORE = 0.5
 
 
@@ -37,7 +39,16 @@ def record(torch_threads: int | None = None) -> dict:
     return {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "xla_threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch_threads}
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch_threads,
+            "freed_host_memory": "kept" if host_memory.reusing() else "returned"}
+
+
+def describe(host: dict, compiler_options: dict, freed_host_memory: str | None = None) -> str:
+    """One line of `record`'s facts, for the head of a timing table (`freed_host_memory`: what
+    to say of it instead of the host's own "kept" / "returned")."""
+    return (f"{host['cpu']}, {host['cpu_count']} cores; XLA {host['xla_threads']} threads, "
+            f"XLA_FLAGS={host['xla_flags']!r}, compiler options {compiler_options}; freed host "
+            f"memory {freed_host_memory or host['freed_host_memory']} (jaxcnn.host_memory)")
 
 
 class OtherProcesses:

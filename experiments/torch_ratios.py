@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import cli, timing_flags  # noqa: F401  (its flags)
+from experiments import cli, machine, timing_flags  # noqa: F401  (timing_flags: its flags)
 
 # (model, image size, batch size, classes): the issue's list; 10 classes for the CIFAR-sized nets.
 CASES = (("lenet5", 32, 256, 10), ("convnet_cifar", 24, 128, 10), ("vgg_cifar", 32, 64, 10),
@@ -44,8 +44,11 @@ def markdown(runs: list[dict]) -> str:
     """The ratio table of `experiments.benchmark --json` outputs, with the machine they ran on."""
     config = runs[0]["config"]
     host = config["machine"]
-    lines = [f"{host['cpu']}, {host['cpu_count']} cores; XLA {host['xla_threads']} threads, "
-             f"XLA_FLAGS={host['xla_flags']!r}, compiler options {config['compiler_options']}; "
+    kept = [run["config"]["model"] for run in runs
+            if run["config"]["machine"]["freed_host_memory"] == "kept"]
+    memory = ("kept" if len(kept) == len(runs) else "returned" if not kept else
+              f"kept for {', '.join(kept)}, returned for the others")
+    lines = [f"{machine.describe(host, config['compiler_options'], memory)}; "
              f"torch {host['torch_threads']} threads; {config['dtype']}, "
              f"{config['num_batches']} batches after {config['burn_in']} burn-in", "",
              "| model, image, batch (classes) | mode | jaxcnn s/batch | torch s/batch | "

@@ -87,6 +87,8 @@ def test_cli_json_parses():
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert [r["mode"] for r in out["results"]] == ["forward", "forward_backward"]
     assert out["config"]["params"] > 0 and out["results"][0]["images_per_s"] > 0
+    # Freed host memory is kept (jaxcnn.host_memory) only for large images, not these 8×8 ones.
+    assert out["config"]["machine"]["freed_host_memory"] == "returned"
 
 
 def test_cli_records_the_machine_and_marks_loaded_ratios():
@@ -110,7 +112,7 @@ def test_ratio_table_marks_unreliable_ratios():
     from experiments import torch_ratios
 
     host = {"cpu": "Some CPU", "cpu_count": 2, "xla_threads": 2, "xla_flags": "",
-            "torch_threads": 2}
+            "torch_threads": 2, "freed_host_memory": "returned"}
     config = {"model": "lenet5", "num_classes": 10, "image_shape": [32, 32, 1], "batch_size": 256,
               "dtype": "float32", "num_batches": 10, "burn_in": 3, "machine": host,
               "compiler_options": {"xla_cpu_experimental_ynn_fusion_type": ""}}
@@ -122,9 +124,14 @@ def test_ratio_table_marks_unreliable_ratios():
                {"impl": "jaxcnn", "mode": "forward_backward", "mean_s": 0.2},
                {"impl": "torch", "mode": "forward_backward", "mean_s": 0.1, "ratio": 2.0,
                 **load(0.9, 3.2)}]
-    assert torch_ratios.markdown([{"config": config, "results": results}]).splitlines() == [
+    # Each model's run decides on host memory (jaxcnn.host_memory): the head says which kept it.
+    large = {**config, "model": "vgg16", "image_shape": [224, 224, 3], "batch_size": 4,
+             "num_classes": 1000, "machine": {**host, "freed_host_memory": "kept"}}
+    runs = [{"config": config, "results": results}, {"config": large, "results": results[:2]}]
+    assert torch_ratios.markdown(runs).splitlines() == [
         "Some CPU, 2 cores; XLA 2 threads, XLA_FLAGS='', compiler options "
-        "{'xla_cpu_experimental_ynn_fusion_type': ''}; torch 2 threads; float32, 10 batches "
+        "{'xla_cpu_experimental_ynn_fusion_type': ''}; freed host memory kept for vgg16, "
+        "returned for the others (jaxcnn.host_memory); torch 2 threads; float32, 10 batches "
         "after 3 burn-in",
         "",
         "| model, image, batch (classes) | mode | jaxcnn s/batch | torch s/batch | jaxcnn / torch "
@@ -132,4 +139,5 @@ def test_ratio_table_marks_unreliable_ratios():
         "|---|---|--:|--:|--:|---|",
         "| lenet5, 32, 256 (10) | forward | 0.0500 | 0.0400 | 1.25x | 0.50 → 0.90 |",
         "| lenet5, 32, 256 (10) | forward_backward | 0.2000 | 0.1000 | 2.00x (unreliable) | "
-        "0.90 → 3.20 |"]
+        "0.90 → 3.20 |",
+        "| vgg16, 224, 4 (1000) | forward | 0.0500 | 0.0400 | 1.25x | 0.50 → 0.90 |"]

@@ -151,7 +151,8 @@ def main(argv):
                 raise ValueError(f"--run_index={FLAGS.run_index}: this sweep has runs 0 to "
                                  f"{len(runs) - 1}")
             run = runs[FLAGS.run_index]
-            host_memory.reuse_freed_memory_for(sweep_flags.run_config(run, sweep_dir).data.image_size)
+            image_size = sweep_flags.run_config(run, sweep_dir).data.image_size
+            host_memory.reuse_freed_memory_for(image_size)       # before JAX starts
             cli.initialize_distributed()
             return train_run(sweep, run, sweep_dir, should_stop)
         todo = [] if FLAGS.aggregate else runs_to_launch(sweep, sweep_dir)

@@ -8,9 +8,10 @@ Prints, per mode, seconds per batch (mean ± sd over the timed batches), images/
 FLOPs per image (analytic and XLA's), TFLOP/s and MFU; with torch, the same mode of the plain
 PyTorch twin (`experiments.torch_reference`) is timed too, batch for batch in alternation with
 jaxcnn so that both see the same machine load, and the ratio jaxcnn / torch is printed. Every
-figure comes with the CPU, both frameworks' threads, XLA's flags and compiler options, and the
-load average before and after each mode; a ratio taken under load is marked unreliable
-(`experiments.machine`).
+figure comes with the CPU, both frameworks' threads, XLA's flags and compiler options, whether
+freed host memory is kept (`jaxcnn.host_memory`, as the training job does for large images; torch
+shares it, being in the same process) and the load average before and after each mode; a ratio
+taken under load is marked unreliable (`experiments.machine`).
 """
 from __future__ import annotations
 

@@ -67,6 +67,13 @@ def reading(what: str):
         raise Unreadable(f"{what}: {_storage_error_cause(e)}") from e
 
 
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON meta of checkpoint `step` (model, options, input shape, class names, array
+    checksums); `Unreadable` when its file is damaged."""
+    with reading("meta"):
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
 def _is_storage_error(error: Exception) -> bool:
     """What Orbax and TensorStore raise for a missing, truncated, damaged or unwritable file: JSON
     and TensorStore errors are ValueErrors, a missing item a KeyError, file errors OSErrors, and
@@ -154,9 +161,7 @@ class Checkpointer:
 
     def _restore(self, abstract_state: Any, step: int) -> Any:
         where = f"checkpoint {os.path.join(self.directory, str(step))}"
-        with reading("meta"):
-            saved = self.manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))["meta"]
+        saved = read_meta(self.manager, step)
         for key in ("model", "model_options", "num_classes"):
             if saved.get(key) != self.meta.get(key):
                 raise CheckpointError(f"{where} was written for {key}={saved.get(key)!r}, this run "

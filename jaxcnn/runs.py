@@ -70,9 +70,7 @@ def _config(meta: dict, workdir: str) -> TrainConfig:
 
 def _restore(manager: ocp.CheckpointManager, step: int) -> tuple[dict, models.ConvNet, dict]:
     """(meta, model, {"params", "batch_stats"}) of checkpoint `step`."""
-    where = f"checkpoint {os.path.join(str(manager.directory), str(step))}"
-    with checkpoint.reading(f"{where}: meta"):
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = checkpoint.read_meta(manager, step)
     model = models.create(meta["model"], meta["num_classes"], **meta["model_options"])
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *meta["input_shape"])))
     # Only the model's variables of the saved train state: the optimiser state is not needed.
@@ -80,7 +78,7 @@ def _restore(manager: ocp.CheckpointManager, step: int) -> tuple[dict, models.Co
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           target)
-    with checkpoint.reading(f"{where}: state"):
+    with checkpoint.reading("state"):
         variables = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             target, ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
     return meta, model, variables["state"]
@@ -104,7 +102,8 @@ def load(workdir: str) -> Run:
                 meta, model, variables = _restore(manager, step)
                 break
             except checkpoint.Unreadable as e:
-                logging.warning("%s is unreadable; trying the one before", e)
+                logging.warning("checkpoint %s: %s is unreadable; trying the one before",
+                                os.path.join(directory, str(step)), e)
         else:
             raise checkpoint.CheckpointError(f"no readable checkpoint in {directory} (steps "
                                              f"{', '.join(map(str, steps))} are damaged)")

@@ -10,7 +10,7 @@ blocks in the process, and the steps reuse them without a fault. PyTorch's CPU s
 faults and gain the same from this.
 
 One arena is not free, though: small buffers that one core's cache held now move between cores.
-On LeNet-5 (buffers of a few MB) it cost ~10% a step, and the CIFAR-size models gained nothing
+On LeNet-5 (buffers of a few MB) it cost 15–30% a step, and the CIFAR-size models gained nothing
 measurable, so the programs keep memory only for large inputs (`reuse_freed_memory_for`).
 
 The arena of a thread is fixed by its first allocation, so this works only before JAX starts its

@@ -26,4 +26,4 @@ def test_one_tiny_shape_is_timed_and_tabulated():
     assert header.startswith("| model | input N×H×W×C | kernel, stride | out | × | xla fwd")
     assert row.startswith("| tiny | 2×4×4×3 | 3×3/1 | 4 | 2 | ")
     assert row.count("|") == header.count("|") == rule.count("|")
-    assert result["auto_choice"] == "xla"      # 3 channels, a 4×4 output map: XLA's own conv
+    assert result["auto_choice"] == "col2im_grad"      # 3 input channels, a 4×4 output map

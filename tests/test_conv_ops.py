@@ -1,5 +1,5 @@
-"""The im2col and single-channel convolutions equal `lax.conv_general_dilated` (values and
-gradients, to 1e-5); the "auto" policy and the `conv_impl` model option."""
+"""The im2col, single-channel and col2im-gradient convolutions equal `lax.conv_general_dilated`
+(values and gradients, to 1e-5); the "auto" policy and the `conv_impl` model option."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +23,14 @@ SINGLE_CHANNEL_CASES = {  # x shape, kernel shape, strides, padding, kernel dila
     "same_stride_2": ((2, 9, 8, 1), (3, 3, 1, 4), (2, 2), "SAME", (1, 1), NHWC),
     "padded_dilated": ((2, 10, 10, 1), (3, 2, 1, 5), (1, 2), [(2, 1), (0, 3)], (2, 1), NHWC),
     "nchw": ((2, 1, 7, 7), (4, 1, 3, 3), (1, 1), "SAME", (1, 1), ("NCHW", "OIHW", "NCHW")),
+}
+
+COL2IM_GRAD_CASES = {  # x shape, kernel shape, strides, padding, kernel dilation, layout
+    "lenet_conv2_valid": ((3, 14, 14, 6), (5, 5, 6, 16), (1, 1), "VALID", (1, 1), NHWC),
+    "alexnet_stride_4": ((2, 23, 23, 3), (11, 11, 3, 8), (4, 4), [(2, 1), (2, 1)], (1, 1), NHWC),
+    "same_stride_2_uneven": ((2, 9, 8, 4), (3, 2, 4, 5), (2, 1), "SAME", (1, 1), NHWC),
+    "padded_dilated": ((2, 10, 10, 2), (3, 2, 2, 5), (1, 2), [(2, 1), (0, 3)], (2, 1), NHWC),
+    "nchw_3_channels": ((2, 3, 7, 7), (4, 3, 3, 3), (1, 1), "SAME", (1, 1), ("NCHW", "OIHW", "NCHW")),
 }
 
 
@@ -52,7 +60,7 @@ def test_im2col_equals_xla_with_gradients(name):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_and_pointwise_xla_elsewhere():
+def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_col2im_grad_for_few_channels():
     def choice(x_shape, k, backend="cpu", strides=(1, 1), groups=1, padding="SAME"):
         kernel = (k, k, x_shape[-1] // groups, 8)
         return conv_ops.auto_choice(x_shape, kernel, strides, padding, NHWC, groups,
@@ -63,16 +71,22 @@ def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_and_pointwise_xla_els
     assert choice((64, 56, 56, 8), 1) == "im2col"
     assert choice((64, 32, 32, 1), 5) == "single_channel"
     assert choice((64, 5, 5, 16), 5, padding="VALID") == "im2col"        # LeNet's conv3: 1×1 out
-    assert choice((64, 6, 6, 8), 3, padding=[(0, 0), (0, 0)]) == "xla"   # 4×4 out: 16 pixels
-    assert choice((64, 8, 8, 8), 3) == "xla"
+    assert choice((64, 14, 14, 6), 5, padding="VALID") == "col2im_grad"  # LeNet's conv2
+    assert choice((64, 32, 32, 3), 3) == choice((64, 8, 8, 8), 3) == "col2im_grad"
+    assert choice((64, 6, 6, 16), 3, padding=[(0, 0), (0, 0)]) == "xla"  # 4×4 out: 16 pixels
+    assert choice((64, 8, 8, 9), 3) == "xla"
     assert choice((64, 8, 8, 8), 3, groups=8) == "xla"
-    for x_shape, k in (((64, 2, 2, 8), 3), ((64, 56, 56, 8), 1), ((64, 32, 32, 1), 5)):
+    for x_shape, k in (((64, 2, 2, 8), 3), ((64, 56, 56, 8), 1), ((64, 32, 32, 1), 5),
+                       ((64, 14, 14, 6), 5)):
         assert choice(x_shape, k, backend="gpu") == "xla"
 
 
-@pytest.mark.parametrize("name", SINGLE_CHANNEL_CASES)
-def test_single_channel_equals_xla_with_gradients(name):
-    x_shape, w_shape, strides, padding, dilation, layout = SINGLE_CHANNEL_CASES[name]
+@pytest.mark.parametrize("conv, case", [
+    *[(conv_ops.single_channel_conv_general_dilated, c) for c in SINGLE_CHANNEL_CASES.values()],
+    *[(conv_ops.col2im_grad_conv_general_dilated, c) for c in COL2IM_GRAD_CASES.values()]],
+    ids=[*SINGLE_CHANNEL_CASES, *COL2IM_GRAD_CASES])
+def test_single_channel_and_col2im_grad_equal_xla_with_gradients(conv, case):
+    x_shape, w_shape, strides, padding, dilation, layout = case
     kx, kw, kc = jax.random.split(jax.random.key(0), 3)
     x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
 
@@ -82,8 +96,7 @@ def test_single_channel_equals_xla_with_gradients(name):
         y, vjp = jax.vjp(f, x, w)
         return (y, *vjp(jax.random.normal(kc, y.shape)))
 
-    for got, want in zip(value_and_grads(conv_ops.single_channel_conv_general_dilated),
-                         value_and_grads(lax.conv_general_dilated)):
+    for got, want in zip(value_and_grads(conv), value_and_grads(lax.conv_general_dilated)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -98,3 +111,20 @@ def test_conv_impl_option_gives_the_same_model():
         np.testing.assert_allclose(out, outputs[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="conv_impl"):
         models.create("convnet_cifar", 5, conv_impl="winograd").init(jax.random.key(0), x)
+
+
+def test_auto_gives_xlas_gradients_on_lenet5():
+    """LeNet-5 under "auto" runs all three CPU forms (single-channel conv1, col2im-gradient
+    conv2, im2col conv3); its parameter gradients equal those under XLA's conv."""
+    x = jax.random.normal(jax.random.key(1), (3, 32, 32, 1))
+    grads = []
+    for impl in ("xla", "auto"):
+        model = models.create("lenet5", 10, conv_impl=impl)
+        variables = jax.jit(model.init)(jax.random.key(0), x)
+        loss = lambda params: jnp.sum(model.apply({"params": params}, x) ** 2)
+        grads.append(jax.jit(jax.grad(loss))(variables["params"]))
+    assert [conv_ops.auto_choice((3, *shape), (5, 5, shape[-1], 8), (1, 1), "VALID", NHWC)
+            for shape in ((32, 32, 1), (14, 14, 6), (5, 5, 16))] == [
+                "single_channel", "col2im_grad", "im2col"]
+    jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5),
+                 grads[1], grads[0])

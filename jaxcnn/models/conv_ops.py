@@ -2,7 +2,8 @@
 
 XLA:CPU's convolution is pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2
 maps runs ~35× slower than the same conv written as a matmul: im2col) and on one-channel inputs
-(LeNet's grayscale first conv: an elementwise sum over kernel taps is ~4× faster; see
+(LeNet's grayscale first conv: an elementwise sum over kernel taps is ~4× faster) and, in the
+input gradient, on few input channels (LeNet's conv2: one matmul and col2im is ~3× faster; see
 BENCHMARKS.md), while on GPU cuDNN wins everywhere. Every conv function here has the signature
 of `jax.lax.conv_general_dilated`,
 so it drops into `flax.linen.Conv(conv_general_dilated=...)`.
@@ -21,6 +22,11 @@ from jax import lax
 # "auto" uses im2col on CPU when a conv's output map has at most this many pixels (measured in
 # BENCHMARKS.md: XLA:CPU loses badly at 2×2 and 1×1, is level at 3×3-4×4, wins from 7×7 up).
 IM2COL_MAX_OUTPUT_PIXELS = 4
+# ... and the col2im input gradient for convs with at most this many input channels (measured on
+# LeNet's 6-channel conv2 and 3-channel first convs; one-channel convs take the single-channel
+# form instead).
+COL2IM_MAX_INPUT_CHANNELS = 8
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _to_nhwc(lhs, rhs, dimension_numbers):
@@ -31,12 +37,19 @@ def _to_nhwc(lhs, rhs, dimension_numbers):
     return x, w, dn
 
 
+def _explicit_padding(in_sizes, window, window_strides, padding, rhs_dilation):
+    """`padding` as (low, high) per spatial axis, "SAME" / "VALID" resolved for the dilated
+    window."""
+    if not isinstance(padding, str):
+        return tuple(tuple(p) for p in padding)
+    window_sizes = [(k - 1) * d + 1 for k, d in zip(window, rhs_dilation)]
+    return tuple(lax.padtype_to_pads(in_sizes, window_sizes, window_strides, padding))
+
+
 def _padded_input(x, window, window_strides, padding, lhs_dilation, rhs_dilation):
     """x dilated and padded, so that the conv becomes VALID with undilated input."""
-    if isinstance(padding, str):
-        in_sizes = [(n - 1) * d + 1 for n, d in zip(x.shape[1:-1], lhs_dilation)]
-        window_sizes = [(k - 1) * d + 1 for k, d in zip(window, rhs_dilation)]
-        padding = lax.padtype_to_pads(in_sizes, window_sizes, window_strides, padding)
+    in_sizes = [(n - 1) * d + 1 for n, d in zip(x.shape[1:-1], lhs_dilation)]
+    padding = _explicit_padding(in_sizes, window, window_strides, padding, rhs_dilation)
     config = [(0, 0, 0), *[(lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dilation)],
               (0, 0, 0)]
     return lax.pad(x, jnp.zeros((), x.dtype), config)
@@ -112,8 +125,7 @@ def _single_channel_conv_bwd(strides, padding, rhs_dilation, residuals, dy):
     """XLA's own convolution gradients: fast here, where its forward pass is not."""
     x, w = residuals
     conv = lambda x, w: lax.conv_general_dilated(
-        x, w, strides, padding, rhs_dilation=rhs_dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x, w, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=_NHWC)
     return jax.vjp(conv, x, w)[1](dy)
 
 
@@ -142,26 +154,100 @@ def single_channel_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_d
     return _from_nhwc(y, dn)
 
 
+def _col2im(cols, padded_sizes, strides, rhs_dilation, dim=0):
+    """The adjoint of im2col: (N, out..., window[dim:]..., C) `cols` summed into the input, padded
+    (N, padded..., C), each tap's slice placed by `lax.pad` where that tap reads. Taps of later
+    window axes are summed first, which XLA:CPU runs ~3× faster than one sum over all taps."""
+    spatial = len(padded_sizes)
+    if dim == spatial:
+        return cols
+    out_size, stride, step = cols.shape[1 + dim], strides[dim], rhs_dilation[dim]
+    config = [(0, 0, 0)] * (spatial + 2)
+    placed = []
+    for tap in range(cols.shape[1 + spatial]):
+        inner = _col2im(lax.index_in_dim(cols, tap, 1 + spatial, keepdims=False), padded_sizes,
+                        strides, rhs_dilation, dim + 1)
+        config[1 + dim] = (tap * step, padded_sizes[dim] - tap * step - (out_size - 1) * stride - 1,
+                           stride - 1)
+        placed.append(lax.pad(inner, jnp.zeros((), cols.dtype), config))
+    return sum(placed)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _col2im_grad_conv(x, w, strides, padding, rhs_dilation):
+    """NHWC x, HWIO w, explicit padding: XLA's convolution."""
+    return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dilation,
+                                    dimension_numbers=_NHWC)
+
+
+def _col2im_grad_conv_fwd(x, w, strides, padding, rhs_dilation):
+    return _col2im_grad_conv(x, w, strides, padding, rhs_dilation), (x, w)
+
+
+def _col2im_grad_conv_bwd(strides, padding, rhs_dilation, residuals, dy):
+    """The input gradient as one matmul (each output pixel's share of its input window) and
+    col2im; the kernel gradient is XLA's."""
+    x, w = residuals
+    window, (channels, features) = w.shape[:-2], w.shape[-2:]
+    cols = (dy.reshape(-1, features) @ w.reshape(-1, features).T).reshape(
+        *dy.shape[:-1], *window, channels)
+    padded = [n + lo + hi for n, (lo, hi) in zip(x.shape[1:-1], padding)]
+    dx_padded = _col2im(cols, padded, strides, rhs_dilation)
+    dx = lax.slice(dx_padded, (0, *[lo for lo, _ in padding], 0),
+                   (x.shape[0], *[lo + n for n, (lo, _) in zip(x.shape[1:-1], padding)],
+                    channels))
+    conv = lambda w: lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dilation,
+                                              dimension_numbers=_NHWC)
+    return dx, jax.vjp(conv, w)[1](dy)[0]
+
+
+_col2im_grad_conv.defvjp(_col2im_grad_conv_fwd, _col2im_grad_conv_bwd)
+
+
+def col2im_grad_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                     rhs_dilation=None, dimension_numbers=None,
+                                     feature_group_count=1, batch_group_count=1, precision=None,
+                                     preferred_element_type=None):
+    """`lax.conv_general_dilated` (XLA's, forward and kernel gradient) whose input gradient is
+    one matmul and col2im: for LeNet's 6-channel conv2, XLA:CPU's transposed convolution onto
+    few channels takes ~14 ms where this takes ~4 (BENCHMARKS.md)."""
+    x, w, dn = _to_nhwc(lhs, rhs, dimension_numbers)
+    if x.ndim != 4 or feature_group_count != 1 or batch_group_count != 1 or (
+            lhs_dilation and set(lhs_dilation) != {1}):
+        raise NotImplementedError("the col2im-gradient convolution needs 2-D maps, no groups "
+                                  "and no input dilation")
+    rhs_dilation = tuple(rhs_dilation or (1, 1))
+    padding = _explicit_padding(x.shape[1:3], w.shape[:2], window_strides, padding, rhs_dilation)
+    y = _col2im_grad_conv(x, w, tuple(window_strides), padding, rhs_dilation)
+    if preferred_element_type is not None:
+        y = y.astype(preferred_element_type)
+    return _from_nhwc(y, dn)
+
+
 def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers=None,
                 feature_group_count=1, rhs_dilation=None, backend: str | None = None) -> str:
     """The "auto" policy, measured in BENCHMARKS.md, as the name of a `FORMS` entry. On CPU:
     the single-channel form for one-channel inputs (grayscale first convs); im2col for convs
-    whose output map is tiny and for pointwise (1×1) convs, which are a plain matmul; XLA's conv
-    everywhere else, and everywhere on GPU / TPU."""
+    whose output map is tiny and for pointwise (1×1) convs, which are a plain matmul; the col2im
+    input gradient for few input channels; XLA's conv everywhere else, and everywhere on GPU /
+    TPU."""
     if (backend or jax.default_backend()) != "cpu":
         return "xla"
     dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
-    if lhs_shape[dn.lhs_spec[1]] == 1 and feature_group_count == 1:
+    channels = lhs_shape[dn.lhs_spec[1]]
+    if channels == 1 and feature_group_count == 1:
         return "single_channel"
     window = [rhs_shape[a] for a in dn.rhs_spec[2:]]
     in_sizes = [lhs_shape[a] for a in dn.lhs_spec[2:]]
-    dilated = [(k - 1) * d + 1 for k, d in zip(window, rhs_dilation or [1] * len(window))]
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(in_sizes, dilated, window_strides, padding)
+    rhs_dilation = rhs_dilation or [1] * len(window)
+    dilated = [(k - 1) * d + 1 for k, d in zip(window, rhs_dilation)]
+    padding = _explicit_padding(in_sizes, window, window_strides, padding, rhs_dilation)
     out_pixels = math.prod((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
                            zip(in_sizes, padding, dilated, window_strides))
     if out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or set(window) == {1}:
         return "im2col"
+    if channels <= COL2IM_MAX_INPUT_CHANNELS and feature_group_count == 1 and len(window) == 2:
+        return "col2im_grad"
     return "xla"
 
 
@@ -184,6 +270,7 @@ FORMS: dict[str, Callable] = {      # what `auto_choice` picks from
     "xla": lax.conv_general_dilated,
     "im2col": im2col_conv_general_dilated,
     "single_channel": single_channel_conv_general_dilated,
+    "col2im_grad": col2im_grad_conv_general_dilated,
 }
 CONV_IMPLS: dict[str, Callable] = {  # a model's `conv_impl` option
     "auto": auto_conv_general_dilated,

@@ -39,6 +39,7 @@ def test_committed_with_the_outputs_of_one_run_in_order(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_runs_from_top_to_bottom(path, tmp_path, monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)   # one CPU device, as the notebooks were run
+    monkeypatch.setenv("TMPDIR", str(tmp_path))      # the notebooks' temporary workdirs go too
     out = str(tmp_path / os.path.basename(path))
     run_notebooks.execute(path, out)                  # a failing cell raises
     cells = code_cells(out)

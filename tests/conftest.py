@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -46,3 +48,11 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if CACHE_DIR is not None:
         shutil.rmtree(CACHE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _temporary_files_in_tmp_path(tmp_path, monkeypatch):
+    """`tempfile`'s folders made inside a test go to its tmp_path, which pytest prunes: offline,
+    TFDS leaves an empty one per dataset it cannot find (its metadata download from GCS fails
+    after mkdtemp), and the suite checks that path many times."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

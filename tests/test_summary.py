@@ -1,4 +1,6 @@
 """A model's size and cost against LeNet-5 counted by hand."""
+import warnings
+
 from jaxcnn import models
 from jaxcnn.models import summary
 
@@ -22,3 +24,10 @@ def test_table_lists_every_layer_and_the_total():
     for layer in ("conv1/conv", "conv2/conv", "conv3/conv", "fc1", "fc2"):
         assert f"│ {layer} " in table
     assert "float32[1,28,28,6]" in table and "Total Parameters: 61,706" in table
+
+
+def test_table_shows_no_warning_of_flaxs_argument_probing():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary.table(models.create("convnet_cifar", num_classes=10), (24, 24, 3))
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]

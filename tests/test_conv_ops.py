@@ -30,7 +30,8 @@ COL2IM_GRAD_CASES = {  # x shape, kernel shape, strides, padding, kernel dilatio
     "alexnet_stride_4": ((2, 23, 23, 3), (11, 11, 3, 8), (4, 4), [(2, 1), (2, 1)], (1, 1), NHWC),
     "same_stride_2_uneven": ((2, 9, 8, 4), (3, 2, 4, 5), (2, 1), "SAME", (1, 1), NHWC),
     "padded_dilated": ((2, 10, 10, 2), (3, 2, 2, 5), (1, 2), [(2, 1), (0, 3)], (2, 1), NHWC),
-    "nchw_3_channels": ((2, 3, 7, 7), (4, 3, 3, 3), (1, 1), "SAME", (1, 1), ("NCHW", "OIHW", "NCHW")),
+    "nchw_3_channels": ((2, 3, 7, 7), (4, 3, 3, 3), (1, 1), "SAME", (1, 1),
+                        ("NCHW", "OIHW", "NCHW")),
 }
 
 

@@ -1,12 +1,12 @@
 """Convolutions in forms XLA:CPU runs faster than its own, and the per-shape "auto" policy.
 
 XLA:CPU's convolution is pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2
-maps runs ~35× slower than the same conv written as a matmul: im2col) and on one-channel inputs
+maps runs ~35× slower than the same conv written as a matmul: im2col), on one-channel inputs
 (LeNet's grayscale first conv: an elementwise sum over kernel taps is ~4× faster) and, in the
-input gradient, on few input channels (LeNet's conv2: with its input gradient as one matmul and
-col2im, its forward-backward takes 7.5 ms instead of 16.6; see BENCHMARKS.md), while on GPU cuDNN wins everywhere. Every conv function here has the signature
-of `jax.lax.conv_general_dilated`,
-so it drops into `flax.linen.Conv(conv_general_dilated=...)`.
+input gradient, onto few channels (LeNet's conv2: with its input gradient as one matmul and
+col2im, its forward-backward takes 7.5 ms instead of 16.6; see BENCHMARKS.md), while on GPU
+cuDNN wins everywhere. Every conv function here has the signature of
+`jax.lax.conv_general_dilated`, so it drops into `flax.linen.Conv(conv_general_dilated=...)`.
 """
 from __future__ import annotations
 

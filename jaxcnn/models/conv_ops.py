@@ -188,16 +188,16 @@ def _col2im_grad_conv_fwd(x, w, strides, padding, rhs_dilation):
 
 def _col2im_grad_conv_bwd(strides, padding, rhs_dilation, residuals, dy):
     """The input gradient as one matmul (each output pixel's share of its input window) and
-    col2im; the kernel gradient is XLA's."""
+    col2im, both in float32 as XLA's convolution accumulates; the kernel gradient is XLA's."""
     x, w = residuals
     window, (channels, features) = w.shape[:-2], w.shape[-2:]
-    cols = (dy.reshape(-1, features) @ w.reshape(-1, features).T).reshape(
-        *dy.shape[:-1], *window, channels)
+    cols = jnp.matmul(dy.reshape(-1, features), w.reshape(-1, features).T,
+                      preferred_element_type=jnp.float32).reshape(*dy.shape[:-1], *window, channels)
     padded = [n + lo + hi for n, (lo, hi) in zip(x.shape[1:-1], padding)]
     dx_padded = _col2im(cols, padded, strides, rhs_dilation)
     dx = lax.slice(dx_padded, (0, *[lo for lo, _ in padding], 0),
                    (x.shape[0], *[lo + n for n, (lo, _) in zip(x.shape[1:-1], padding)],
-                    channels))
+                    channels)).astype(x.dtype)
     conv = lambda w: lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dilation,
                                               dimension_numbers=_NHWC)
     return dx, jax.vjp(conv, w)[1](dy)[0]

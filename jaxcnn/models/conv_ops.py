@@ -110,11 +110,13 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _single_channel_conv(x, w, strides, padding, rhs_dilation):
-    """NHWC x with one channel, HWIO w: the sum over taps of tap × kernel row, elementwise."""
+    """NHWC x with one channel, HWIO w: the sum over taps of tap × kernel row, elementwise, in
+    float32 as XLA's convolution accumulates."""
     window = w.shape[:-2]
-    x = _padded_input(x, window, strides, padding, (1,) * len(window), rhs_dilation)
-    taps = window_taps(x, window, strides, rhs_dilation)
-    return sum(tap * w[offset][0] for offset, tap in taps)
+    xp = _padded_input(x, window, strides, padding, (1,) * len(window), rhs_dilation)
+    taps = window_taps(xp.astype(jnp.float32), window, strides, rhs_dilation)
+    w = w.astype(jnp.float32)
+    return sum(tap * w[offset][0] for offset, tap in taps).astype(x.dtype)
 
 
 def _single_channel_conv_fwd(x, w, strides, padding, rhs_dilation):

@@ -30,9 +30,10 @@ import jax
 from absl import app, flags, logging
 
 from experiments import cli, launchers, model_flags, sweep_flags
-from jaxcnn import host_memory, trainer
+from jaxcnn import trainer
 from jaxcnn.ablation import records, report
 from jaxcnn.ablation.spec import Run, Sweep
+from jaxcnn.config import TrainConfig
 
 flags.DEFINE_bool("list", False, "Print the runs with their index and status, and stop.")
 flags.DEFINE_integer("run_index", None, "Train run I of the sweep alone, in this process "
@@ -66,13 +67,12 @@ def one_line(error: BaseException) -> str:
     return text if isinstance(error, cli.USER_ERRORS) else f"{type(error).__name__}: {text}"
 
 
-def train_run(sweep: Sweep, run: Run, sweep_dir: str, should_stop) -> None:
-    """Trains one run and records its result or its failure; the last run to finish rewrites the
-    sweep's report."""
+def train_run(sweep: Sweep, run: Run, cfg: TrainConfig, sweep_dir: str, should_stop) -> None:
+    """Trains one run (configured by `cfg`) and records its result or its failure; the last run
+    to finish rewrites the sweep's report."""
     if records.read(sweep_dir, run).status == records.FINISHED:
         print(f"run {run.index} ({run.directory}) is finished: nothing to do")
         return
-    cfg = sweep_flags.run_config(run, sweep_dir)
     writes = jax.process_index() == 0
     if writes:
         records.clear_failure(sweep_dir, run)
@@ -142,19 +142,18 @@ def main(argv):
         sweep = sweep_flags.sweep_from_flags()
         sweep_dir = os.path.abspath(FLAGS.workdir)
         sweep.baseline(FLAGS.baseline)
-        sweep_flags.check_configs(sweep, sweep_dir)
-        if FLAGS.list:
-            return print_runs(sweep, sweep_dir)
-        if FLAGS.run_index is not None:
+        if FLAGS.run_index is not None:      # one run's worker; its launcher checked the sweep
             runs = sweep.runs()
             if FLAGS.run_index >= len(runs):
                 raise ValueError(f"--run_index={FLAGS.run_index}: this sweep has runs 0 to "
                                  f"{len(runs) - 1}")
             run = runs[FLAGS.run_index]
-            image_size = sweep_flags.run_config(run, sweep_dir).data.image_size
-            host_memory.reuse_freed_memory_for(image_size)       # before JAX starts
-            cli.initialize_distributed()
-            return train_run(sweep, run, sweep_dir, should_stop)
+            cfg = sweep_flags.run_config(run, sweep_dir)
+            cli.start_jax(cfg.data.image_size)
+            return train_run(sweep, run, cfg, sweep_dir, should_stop)
+        sweep_flags.check_configs(sweep, sweep_dir)
+        if FLAGS.list:
+            return print_runs(sweep, sweep_dir)
         todo = [] if FLAGS.aggregate else runs_to_launch(sweep, sweep_dir)
         if todo:
             flagfile = sweep_flags.resolved_flagfile(sweep, sweep_dir)

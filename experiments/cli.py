@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from absl import flags, logging
 
-from jaxcnn import checkpoint, parallel, trainer
+from jaxcnn import checkpoint, host_memory, parallel, trainer
 
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.", lower_bound=1)
@@ -126,8 +126,11 @@ def start(argv: list[str]) -> StopRequest:
     return StopRequest()
 
 
-def initialize_distributed() -> None:
-    """Joins the multi-host job the flags describe, after checking that they describe one."""
+def start_jax(image_size: int) -> None:
+    """What a training process does before anything starts a JAX backend (tracing a model does):
+    keeps freed host memory for the next step when its images are large (`jaxcnn.host_memory`),
+    then joins the multi-host job the flags describe, after checking that they describe one."""
+    host_memory.reuse_freed_memory_for(image_size)
     if FLAGS.coordinator_address is None and not FLAGS.distributed_from_env:
         if (FLAGS.num_processes or 1) > 1 or FLAGS.process_id:
             fail("--num_processes and --process_id need --coordinator_address=HOST:PORT of "

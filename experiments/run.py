@@ -10,7 +10,7 @@ import sys
 from absl import app, logging
 
 from experiments import cli, train_flags
-from jaxcnn import host_memory, trainer
+from jaxcnn import trainer
 from jaxcnn.metric_writers import CONSOLE_SHOWN
 
 
@@ -18,8 +18,7 @@ def main(argv):
     stop = cli.start(argv)
     with cli.user_errors():
         config = train_flags.config_from_flags()
-        host_memory.reuse_freed_memory_for(config.data.image_size)
-        cli.initialize_distributed()
+        cli.start_jax(config.data.image_size)
         _, result = trainer.train_and_evaluate(config, stop)
     if result.get("preempted"):
         print(f"stopped at step {result['step']} with a checkpoint of it in {config.workdir}: "

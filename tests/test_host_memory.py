@@ -28,11 +28,17 @@ print(applied, sum(faults[-20:]))
 """
 
 
-def page_faults(policy: str) -> tuple[bool, int]:
+def python(code: str, *args: str) -> list[str]:
+    """The words `code` prints, run in a fresh CPU-only process without the allocator variables
+    a user could set (`host_memory.USER_CHOICES`)."""
     outer = {k: v for k, v in os.environ.items() if k not in host_memory.USER_CHOICES}
     env = {**outer, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, policy], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def page_faults(policy: str) -> tuple[bool, int]:
+    out = python(SCRIPT, policy)
     return out[0] == "True", int(out[1])
 
 
@@ -55,10 +61,45 @@ def test_the_programs_keep_memory_for_large_images_only(monkeypatch):
     assert not host_memory.reusing()
     code = ("from jaxcnn import host_memory as h; "
             f"print(h.reuse_freed_memory_for({host_memory.LARGE_IMAGE_SIDE}), h.reusing())")
-    outer = {k: v for k, v in os.environ.items() if k not in host_memory.USER_CHOICES}
-    out = subprocess.run([sys.executable, "-c", code], env={**outer, "PYTHONPATH": REPO},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "True"]
+    assert python(code) == ["True", "True"]
+
+
+# experiments.run, and an ablation worker, up to training (replaced by a no-op), recording
+# whether a JAX backend had started when `cli.start_jax` set up the process.
+PROGRAM_UP_TO_TRAINING = """
+import sys
+from absl import app
+from jax._src import xla_bridge
+from experiments import cli
+started, start_jax = [], cli.start_jax
+def spy(image_size):
+    started.append(xla_bridge.backends_are_initialized())
+    start_jax(image_size)
+cli.start_jax = spy
+program, *flags = sys.argv[1:]
+if program == "run":
+    from experiments import run as program_module
+    from jaxcnn import trainer
+    trainer.train_and_evaluate = lambda config, stop: (None, {})
+else:
+    from experiments import ablate as program_module
+    program_module.train_run = lambda *args: None
+sys.argv = [program, *flags]
+try:
+    app.run(program_module.main)
+finally:
+    print("backend_started_before_setup", *started)
+"""
+
+
+@pytest.mark.parametrize("program, flags", [
+    ("run", ()), ("ablate", ("--axis=factorize=none,2", "--run_index=1"))])
+def test_the_programs_set_up_the_process_before_jax_starts(program, flags, tmp_path):
+    """Host memory (and joining a multi-host job) only work before a JAX backend starts, and
+    tracing a model starts one: an ablation worker used to check every configuration's model
+    first."""
+    out = python(PROGRAM_UP_TO_TRAINING, program, f"--workdir={tmp_path}", *flags)
+    assert out[-2:] == ["backend_started_before_setup", "False"]
 
 
 def test_an_allocator_choice_of_the_user_is_left_alone(monkeypatch):

@@ -134,6 +134,27 @@ def _single_channel_conv_bwd(strides, padding, rhs_dilation, residuals, dy):
 _single_channel_conv.defvjp(_single_channel_conv_fwd, _single_channel_conv_bwd)
 
 
+def _nhwc_form(core, needs: tuple[str, Callable], lhs, rhs, window_strides, padding,
+               lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+               batch_group_count, preferred_element_type):
+    """`lax.conv_general_dilated`'s call as `core(x, w, strides, explicit padding, rhs_dilation)`
+    on NHWC x and HWIO w, for a custom-VJP form that takes no groups, no input dilation and only
+    inputs x for which `needs` = (what it needs, predicate of x) holds."""
+    x, w, dn = _to_nhwc(lhs, rhs, dimension_numbers)
+    what, holds = needs
+    if not holds(x) or feature_group_count != 1 or batch_group_count != 1 or (
+            lhs_dilation and set(lhs_dilation) != {1}):
+        raise NotImplementedError(f"this convolution form needs {what}, no groups and no input "
+                                  "dilation")
+    rhs_dilation = tuple(rhs_dilation or (1,) * (x.ndim - 2))
+    padding = _explicit_padding(x.shape[1:-1], w.shape[:-2], window_strides, padding,
+                                rhs_dilation)
+    y = core(x, w, tuple(window_strides), padding, rhs_dilation)
+    if preferred_element_type is not None:
+        y = y.astype(preferred_element_type)
+    return _from_nhwc(y, dn)
+
+
 def single_channel_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                         rhs_dilation=None, dimension_numbers=None,
                                         feature_group_count=1, batch_group_count=1,
@@ -141,19 +162,10 @@ def single_channel_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_d
     """`lax.conv_general_dilated` for one input channel as an elementwise sum over kernel taps
     (forward) with XLA's own gradients (backward): for LeNet's grayscale first conv, XLA:CPU's
     convolution spends ~7 ms where the elementwise sum takes ~1 (BENCHMARKS.md)."""
-    x, w, dn = _to_nhwc(lhs, rhs, dimension_numbers)
-    if x.shape[-1] != 1 or feature_group_count != 1 or batch_group_count != 1 or (
-            lhs_dilation and set(lhs_dilation) != {1}):
-        raise NotImplementedError("the single-channel convolution needs one input channel, "
-                                  "no groups and no input dilation")
-    spatial = lhs.ndim - 2
-    if not isinstance(padding, str):
-        padding = tuple(tuple(p) for p in padding)
-    y = _single_channel_conv(x, w, tuple(window_strides), padding,
-                             tuple(rhs_dilation or (1,) * spatial))
-    if preferred_element_type is not None:
-        y = y.astype(preferred_element_type)
-    return _from_nhwc(y, dn)
+    one_channel = ("one input channel", lambda x: x.shape[-1] == 1)
+    return _nhwc_form(_single_channel_conv, one_channel, lhs, rhs, window_strides, padding,
+                      lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                      batch_group_count, preferred_element_type)
 
 
 def _col2im(cols, padded_sizes, strides, rhs_dilation, dim=0):
@@ -215,17 +227,10 @@ def col2im_grad_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dila
     """`lax.conv_general_dilated` (XLA's, forward and kernel gradient) whose input gradient is
     one matmul and col2im: XLA:CPU's transposed convolution onto few channels is slow (LeNet's
     6-channel conv2: forward-backward 16.6 ms with it, 7.5 with this; BENCHMARKS.md)."""
-    x, w, dn = _to_nhwc(lhs, rhs, dimension_numbers)
-    if x.ndim != 4 or feature_group_count != 1 or batch_group_count != 1 or (
-            lhs_dilation and set(lhs_dilation) != {1}):
-        raise NotImplementedError("the col2im-gradient convolution needs 2-D maps, no groups "
-                                  "and no input dilation")
-    rhs_dilation = tuple(rhs_dilation or (1, 1))
-    padding = _explicit_padding(x.shape[1:3], w.shape[:2], window_strides, padding, rhs_dilation)
-    y = _col2im_grad_conv(x, w, tuple(window_strides), padding, rhs_dilation)
-    if preferred_element_type is not None:
-        y = y.astype(preferred_element_type)
-    return _from_nhwc(y, dn)
+    two_d = ("2-D maps", lambda x: x.ndim == 4)
+    return _nhwc_form(_col2im_grad_conv, two_d, lhs, rhs, window_strides, padding, lhs_dilation,
+                      rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
+                      preferred_element_type)
 
 
 def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers=None,

@@ -42,7 +42,24 @@ FLAGS.set_default("model", "alexnet")
 class TorchTwin(NamedTuple):
     params: int
     threads: int          # torch.get_num_threads()
+    device: str           # "cpu" or "cuda"
     make_step: Callable   # (image_shape=, mode=) -> one blocking call of that mode
+
+
+def torch_device() -> str | None:
+    """Where the twin runs: on the CPU beside XLA:CPU, on CUDA beside XLA:GPU, else nowhere. On
+    CUDA float32 matmuls may use TF32, as XLA's default precision does on these GPUs (torch's
+    cuDNN convs already do), and cuDNN picks its fastest algorithms, as XLA's autotuner does."""
+    import torch  # noqa: PLC0415
+
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return "cpu"
+    if backend == "gpu" and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        return "cuda"
+    return None
 
 
 def torch_twin(name: str, image_shape: tuple[int, int, int]) -> TorchTwin | None:
@@ -52,8 +69,9 @@ def torch_twin(name: str, image_shape: tuple[int, int, int]) -> TorchTwin | None
     import torch  # noqa: PLC0415
 
     options = [o for o in model_flags.model_options() if o not in ("conv_impl", "dtype")]
-    if jax.default_backend() != "cpu":
-        print("the PyTorch twin runs on the CPU only; timing jaxcnn only")
+    device = torch_device()
+    if device is None:
+        print(f"no PyTorch device beside JAX's {jax.default_backend()}; timing jaxcnn only")
         return None
     if name not in torch_reference.BUILDERS or options:
         print(f"no PyTorch twin of {name} with {', '.join(options) or 'these options'}; "
@@ -61,9 +79,10 @@ def torch_twin(name: str, image_shape: tuple[int, int, int]) -> TorchTwin | None
         return None
     torch.manual_seed(FLAGS.seed)
     model = torch_reference.create(name, FLAGS.num_classes, image_shape)
-    return TorchTwin(torch_reference.num_params(model), torch.get_num_threads(), functools.partial(
-        torch_reference.make_step, model, FLAGS.num_classes, batch_size=FLAGS.batch_size,
-        dtype=getattr(torch, FLAGS.dtype)))
+    return TorchTwin(torch_reference.num_params(model), torch.get_num_threads(), device,
+                     functools.partial(torch_reference.make_step, model, FLAGS.num_classes,
+                                       batch_size=FLAGS.batch_size,
+                                       dtype=getattr(torch, FLAGS.dtype), device=device))
 
 
 def table(header: str, rows: list[dict]) -> str:
@@ -124,7 +143,8 @@ def run():
               "device": jax.devices()[0].device_kind,
               "machine": machine.record(twin and twin.threads),
               "compiler_options": xla_options.compiler_options(), "params": params,
-              "torch_params": twin and twin.params, "forward_flops_per_image": forward_flops}
+              "torch_params": twin and twin.params, "torch_device": twin and twin.device,
+              "forward_flops_per_image": forward_flops}
     if FLAGS.json:
         print(json.dumps({"config": config, "results": rows}))
         return
@@ -136,7 +156,7 @@ def run():
         f"{FLAGS.batch_size}, {FLAGS.dtype}, {config['device']}, "
         f"{FLAGS.num_batches} batches after {FLAGS.burn_in} burn-in\n"
         f"{machine.describe(host, config['compiler_options'])}"
-        + (f"; torch {host['torch_threads']} threads" if twin else "") + "\n"
+        + (f"; torch on {twin.device}, {host['torch_threads']} threads" if twin else "") + "\n"
         f"params {params:,}" + (f" (torch {twin.params:,})" if twin else "") +
         f"; forward {forward_flops / 2e9:.3f} GMACs = {forward_flops / 1e9:.3f} GFLOP/image "
         f"(analytic); XLA cost analysis GFLOP/image: {xla or 'n/a'}", rows))

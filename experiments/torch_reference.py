@@ -1,4 +1,5 @@
-"""Plain-PyTorch twins of some zoo models (channels_last), to time jaxcnn against oneDNN.
+"""Plain-PyTorch twins of some zoo models (channels_last), to time jaxcnn against oneDNN (CPU) and
+cuDNN (GPU).
 
 Optional: importing this module needs torch (not a jaxcnn requirement). Only the architectures
 are reproduced (same layers, shapes and parameter counts as `jaxcnn.models` for the same (H, W, C)
@@ -122,16 +123,21 @@ def num_params(model: nn.Module) -> int:
 
 
 def make_step(model: nn.Module, num_classes: int, image_shape: tuple[int, int, int],
-              batch_size: int, mode: str, dtype=torch.float32) -> Callable[[], None]:
-    """One blocking call of `mode` on random images stored channels_last; bfloat16 runs under
-    autocast (float32 parameters, bfloat16 compute, like jaxcnn's `dtype`)."""
+              batch_size: int, mode: str, dtype=torch.float32, device: str = "cpu"
+              ) -> Callable[[], None]:
+    """One blocking call of `mode` on random images stored channels_last on `device` ("cpu" or
+    "cuda"; the model is moved there); bfloat16 runs under autocast (float32 parameters, bfloat16
+    compute, like jaxcnn's `dtype`)."""
     h, w, c = image_shape
-    images = (0.1 * torch.randn(batch_size, c, h, w)).to(memory_format=torch.channels_last)
-    autocast = functools.partial(torch.autocast, "cpu", dtype=dtype,
+    model.to(device)
+    images = (0.1 * torch.randn(batch_size, c, h, w, device=device)
+              ).to(memory_format=torch.channels_last)
+    autocast = functools.partial(torch.autocast, device, dtype=dtype,
                                  enabled=dtype != torch.float32)
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    labels = torch.randint(0, num_classes, (batch_size,))
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
+    wait = torch.cuda.synchronize if device == "cuda" else lambda: None
 
     def forward():
         model.eval()
@@ -152,4 +158,10 @@ def make_step(model: nn.Module, num_classes: int, image_shape: tuple[int, int, i
         loss.backward()
         optimizer.step()
 
-    return {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}[mode]
+    step = {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}[mode]
+
+    def blocking_step():
+        step()
+        wait()
+
+    return blocking_step

@@ -101,6 +101,7 @@ def test_cli_records_the_machine_and_marks_loaded_ratios():
     host = out["config"]["machine"]
     assert host["cpu"] and host["torch_threads"] == torch.get_num_threads()
     assert out["config"]["torch_params"] == out["config"]["params"]
+    assert out["config"]["torch_device"] == "cpu"      # beside XLA:CPU (CUDA beside XLA:GPU)
     jaxcnn, twin = out["results"]
     assert twin["impl"] == "torch" and twin["ratio"] > 0
     assert jaxcnn["load_before"] == twin["load_before"] and len(twin["load_after"]) == 3

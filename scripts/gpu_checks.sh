@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU checks of issue #14 in one run, for a GPU host with JAX, flax, optax, orbax, absl,
+# Pillow and torch but no TensorFlow (the device tool's H200 image):
+#   1. versions and the GPU;
+#   2. the quick start under that JAX;
+#   3. `experiments.benchmark` of vgg16 (batch 256, bfloat16 and float32) beside PyTorch on the GPU;
+#   4. vgg16_cifar10_paddle.flags on the real CIFAR-10 folder, --device_resident, to completion
+#      or until the time budget runs out (it is a time-boxed run: the log says which);
+#   5. the other zoo benchmarks at their flagfiles' batch sizes while time is left.
+#
+#   OUT=results/ CIFAR10_TAR=../shared/data/cifar10_jpg.tar.gz BUDGET_S=570 bash scripts/gpu_checks.sh
+#
+# Everything it measures lands in $OUT (logs, benchmark JSON lines, the run's metrics.jsonl).
+# PADDLE_ARGS appends flags to the CIFAR-10 run (e.g. --epochs=0.05 for a smoke test).
+set -uo pipefail
+OUT=${OUT:?set OUT to a folder for the results}
+CIFAR10_TAR=${CIFAR10_TAR:?set CIFAR10_TAR to cifar10_jpg.tar.gz}
+BUDGET_S=${BUDGET_S:-570}
+PADDLE_ARGS=${PADDLE_ARGS:-}
+RESERVE_S=${RESERVE_S:-100}          # kept for the benchmarks after the CIFAR-10 run
+PYTHON=${PYTHON:-python3}
+WORK=${WORK:-/tmp/jaxcnn_gpu}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK"
+start=$(date +%s)
+left() { echo $((start + BUDGET_S - $(date +%s))); }
+say() { echo "== $(date +%T) (+$(($(date +%s) - start)) s) $*"; }
+
+bench() {  # model image batch classes dtype batches burn_in
+  local limit=$(( $(left) < 120 ? $(left) : 120 ))
+  if (( limit < 30 )); then say "skipped benchmark $*: no time left"; return; fi
+  say "benchmark $*"
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 timeout "$limit" "$PYTHON" -m experiments.benchmark \
+    --model="$1" --image_size="$2" --batch_size="$3" --num_classes="$4" --dtype="$5" \
+    --num_batches="$6" --burn_in="$7" --modes=forward,forward_backward,train_step --json \
+    >> "$OUT/bench.jsonl" 2>> "$OUT/bench.log" || say "benchmark $* failed or timed out ($?)"
+}
+
+say "environment" | tee "$OUT/env.txt"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  "$PYTHON" -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch, PIL
+print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax',
+      optax.__version__, 'orbax', o.__version__, 'torch', torch.__version__, 'pillow',
+      PIL.__version__, jax.devices())
+import importlib.util
+print('tensorflow importable:', importlib.util.find_spec('tensorflow') is not None)"
+  nproc; } >> "$OUT/env.txt" 2>&1
+
+say "quick start"
+timeout 120 "$PYTHON" -m experiments.run --workdir="$WORK/quickstart" > "$OUT/quickstart.log" 2>&1
+say "quick start exit status $?"
+
+bench vgg16 224 256 1000 bfloat16 20 5
+bench vgg16 224 256 1000 float32 20 5
+
+say "CIFAR-10 folder + vgg16_cifar10_paddle.flags"
+mkdir -p "$WORK/cifar10" && tar xzf "$CIFAR10_TAR" -C "$WORK/cifar10"
+limit=$(( $(left) - RESERVE_S )); (( limit < 60 )) && limit=60
+timeout "$limit" "$PYTHON" -m experiments.run \
+  --flagfile=experiments/flags/vgg16_cifar10_paddle.flags --dataset="folder:$WORK/cifar10" \
+  --device_resident --cache_dir="$WORK/cache" --workdir="$WORK/paddle" $PADDLE_ARGS \
+  > "$OUT/paddle.log" 2>&1
+say "CIFAR-10 run exit status $? (124: stopped by the time budget)"
+cp "$WORK/paddle/metrics.jsonl" "$OUT/paddle_metrics.jsonl" 2>/dev/null
+cp "$WORK/paddle/curves.png" "$OUT/paddle_curves.png" 2>/dev/null
+
+bench alexnet 224 128 1000 bfloat16 20 5
+bench vgg_cifar 32 128 10 bfloat16 50 10
+bench convnet_cifar 24 128 10 bfloat16 50 10
+bench lenet5 150 64 2 bfloat16 50 10
+bench alexnet 224 128 1000 float32 20 5
+bench vgg_cifar 32 128 10 float32 50 10
+bench convnet_cifar 24 128 10 float32 50 10
+bench lenet5 150 64 2 float32 50 10
+nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv >> "$OUT/env.txt"
+say "done"

@@ -241,11 +241,17 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
             if should_stop() or multihost_utils.reached_preemption_sync_point(step):
                 ckpt.save(state)
                 logging.warning("stop requested: saved step %d to %s", step, ckpt.directory)
+                draw_curves(cfg)
                 return state, {**result, "preempted": True, "step": step}
             if acc_steps == 0:
                 tick = time.perf_counter()
     if not result:   # resumed a run that had already finished
         result = evaluate(eval_step, state, eval_data, data_sharding)
+    draw_curves(cfg)
+    return state, {**result, "step": sched.total_steps}
+
+
+def draw_curves(cfg: TrainConfig) -> None:
+    """The figure of the metrics so far (at the end of a run, and when a run is stopped)."""
     if cfg.plot and jax.process_index() == 0:
         logging.info("figure: %s", plot_curves(cfg.workdir))
-    return state, {**result, "step": sched.total_steps}

@@ -11,22 +11,27 @@
 #   OUT=results/ CIFAR10_TAR=../shared/data/cifar10_jpg.tar.gz BUDGET_S=570 bash scripts/gpu_checks.sh
 #
 # Everything it measures lands in $OUT (logs, benchmark JSON lines, the run's metrics.jsonl).
-# PADDLE_ARGS appends flags to the CIFAR-10 run (e.g. --epochs=0.05 for a smoke test).
+# PADDLE_ARGS appends flags to the CIFAR-10 run (e.g. --epochs=0.05 for a smoke test). STAGES picks
+# what runs (default: all of quickstart,bench,paddle; the environment is always recorded): e.g.
+# STAGES=paddle RESERVE_S=0 gives the CIFAR-10 run the whole budget (about 6 minutes on an H200).
 set -uo pipefail
 OUT=${OUT:?set OUT to a folder for the results}
 CIFAR10_TAR=${CIFAR10_TAR:?set CIFAR10_TAR to cifar10_jpg.tar.gz}
 BUDGET_S=${BUDGET_S:-570}
 PADDLE_ARGS=${PADDLE_ARGS:-}
 RESERVE_S=${RESERVE_S:-100}          # kept for the benchmarks after the CIFAR-10 run
+STAGES=${STAGES:-quickstart,bench,paddle}
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/jaxcnn_gpu}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 start=$(date +%s)
 left() { echo $((start + BUDGET_S - $(date +%s))); }
+want() { [[ ",$STAGES," == *",$1,"* ]]; }
 say() { echo "== $(date +%T) (+$(($(date +%s) - start)) s) $*"; }
 
 bench() {  # model image batch classes dtype batches burn_in
+  want bench || return 0
   local limit=$(( $(left) < 120 ? $(left) : 120 ))
   if (( limit < 30 )); then say "skipped benchmark $*: no time left"; return; fi
   say "benchmark $*"
@@ -46,23 +51,27 @@ import importlib.util
 print('tensorflow importable:', importlib.util.find_spec('tensorflow') is not None)"
   nproc; } >> "$OUT/env.txt" 2>&1
 
-say "quick start"
-timeout 120 "$PYTHON" -m experiments.run --workdir="$WORK/quickstart" > "$OUT/quickstart.log" 2>&1
-say "quick start exit status $?"
+if want quickstart; then
+  say "quick start"
+  timeout 120 "$PYTHON" -m experiments.run --workdir="$WORK/quickstart" > "$OUT/quickstart.log" 2>&1
+  say "quick start exit status $?"
+fi
 
 bench vgg16 224 256 1000 bfloat16 20 5
 bench vgg16 224 256 1000 float32 20 5
 
-say "CIFAR-10 folder + vgg16_cifar10_paddle.flags"
-mkdir -p "$WORK/cifar10" && tar xzf "$CIFAR10_TAR" -C "$WORK/cifar10"
-limit=$(( $(left) - RESERVE_S )); (( limit < 60 )) && limit=60
-timeout "$limit" "$PYTHON" -m experiments.run \
-  --flagfile=experiments/flags/vgg16_cifar10_paddle.flags --dataset="folder:$WORK/cifar10" \
-  --device_resident --cache_dir="$WORK/cache" --workdir="$WORK/paddle" $PADDLE_ARGS \
-  > "$OUT/paddle.log" 2>&1
-say "CIFAR-10 run exit status $? (124: stopped by the time budget)"
-cp "$WORK/paddle/metrics.jsonl" "$OUT/paddle_metrics.jsonl" 2>/dev/null
-cp "$WORK/paddle/curves.png" "$OUT/paddle_curves.png" 2>/dev/null
+if want paddle; then
+  say "CIFAR-10 folder + vgg16_cifar10_paddle.flags"
+  mkdir -p "$WORK/cifar10" && tar xzf "$CIFAR10_TAR" -C "$WORK/cifar10"
+  limit=$(( $(left) - RESERVE_S )); (( limit < 60 )) && limit=60
+  timeout "$limit" "$PYTHON" -m experiments.run \
+    --flagfile=experiments/flags/vgg16_cifar10_paddle.flags --dataset="folder:$WORK/cifar10" \
+    --device_resident --cache_dir="$WORK/cache" --workdir="$WORK/paddle" $PADDLE_ARGS \
+    > "$OUT/paddle.log" 2>&1
+  say "CIFAR-10 run exit status $? (124: stopped by the time budget)"
+  cp "$WORK/paddle/metrics.jsonl" "$OUT/paddle_metrics.jsonl" 2>/dev/null
+  cp "$WORK/paddle/curves.png" "$OUT/paddle_curves.png" 2>/dev/null
+fi
 
 bench alexnet 224 128 1000 bfloat16 20 5
 bench vgg_cifar 32 128 10 bfloat16 50 10

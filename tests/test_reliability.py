@@ -127,6 +127,7 @@ def test_sigterm_and_ctrl_c_save_the_current_step_and_the_resumed_run_equals_an_
         assert "Traceback" not in output, output[-3000:]
         assert seconds < 20, f"took {seconds:.1f}s to stop"
         assert f"stopped at step {steps_in(tmp_path / name)[-1]} with a checkpoint" in output
+        assert os.path.exists(tmp_path / name / "curves.png")     # the figure so far
     preempted, stop_step = tmp_path / "preempted", steps_in(tmp_path / "preempted")[-1]
 
     # The resumed run and an uninterrupted one, side by side.

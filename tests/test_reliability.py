@@ -42,10 +42,26 @@ def run_cli(*args, env=None, max_file_bytes=None):
                           text=True, timeout=300)
 
 
+STARTED: list[subprocess.Popen] = []
+
+
 def start_cli(*args, log, env=None):
     """The program in the background, stdout and stderr to `log` (a pipe could fill and block)."""
     with open(log, "w") as f:
-        return subprocess.Popen(command(*args), cwd=REPO, env=env, stdout=f, stderr=f, text=True)
+        proc = subprocess.Popen(command(*args), cwd=REPO, env=env, stdout=f, stderr=f, text=True)
+    STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def no_program_outlives_its_test():
+    """Kills what a failed test left running (an ENDLESS run would train on for days)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def wait_for(condition, proc, log, what):

@@ -37,7 +37,11 @@ def silence_failed_io_aftermath() -> None:
     """Drops the tracebacks that follow a failed Orbax read or write: TensorStore completes the
     other operations in flight on an event loop that Orbax has already closed, and each prints
     "Event loop is closed", "Task exception was never retrieved" or, at exit, "sys.meta_path is
-    None", none of which says more than the error Orbax raised. For programs (not with --debug)."""
+    None", none of which says more than the error Orbax raised. The programs call it at start
+    (not with --debug), and `reading` after any failed read (`runs.load` in a notebook, say).
+    Idempotent."""
+    if getattr(sys.unraisablehook, "drops_failed_io_aftermath", False):
+        return
     default_hook = sys.unraisablehook
 
     def hook(unraisable):
@@ -47,6 +51,7 @@ def silence_failed_io_aftermath() -> None:
         if not (closed_loop or (code and "/orbax/" in code.co_filename)):
             default_hook(unraisable)
 
+    hook.drops_failed_io_aftermath = True
     sys.unraisablehook = hook
     std_logging.getLogger("asyncio").addFilter(lambda record: "/orbax/" not in record.getMessage())
 
@@ -57,13 +62,14 @@ class Unreadable(Exception):
 
 @contextlib.contextmanager
 def reading(what: str):
-    """Turns the storage errors of an Orbax read inside into `Unreadable("WHAT: cause")`; any
-    other error passes through."""
+    """Turns the storage errors of an Orbax read inside into `Unreadable("WHAT: cause")` (and
+    silences their aftermath); any other error passes through."""
     try:
         yield
     except Exception as e:
         if not _is_storage_error(e):
             raise
+        silence_failed_io_aftermath()
         raise Unreadable(f"{what}: {_storage_error_cause(e)}") from e
 
 

@@ -15,6 +15,9 @@ from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxcnn.metric_writers import read_metrics
 from jaxcnn.models.lenet import LeNet5
 
+# A skipped damaged checkpoint leaves no "Event loop is closed" traceback behind (checkpoint.reading).
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of issue #14 in one run, for a GPU host with JAX, flax, optax, orbax, absl,
-# Pillow and torch but no TensorFlow (the device tool's H200 image):
+# Pillow and torch but no TensorFlow (as on the H200 of BENCHMARKS.md "GPU"):
 #   1. versions and the GPU;
 #   2. the quick start under that JAX;
 #   3. `experiments.benchmark` of vgg16 (batch 256, bfloat16 and float32) beside PyTorch on the GPU;

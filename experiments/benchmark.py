@@ -47,19 +47,13 @@ class TorchTwin(NamedTuple):
 
 
 def torch_device() -> str | None:
-    """Where the twin runs: on the CPU beside XLA:CPU, on CUDA beside XLA:GPU, else nowhere. On
-    CUDA float32 matmuls may use TF32, as XLA's default precision does on these GPUs (torch's
-    cuDNN convs already do), and cuDNN picks its fastest algorithms, as XLA's autotuner does."""
+    """Where the twin runs: on the CPU beside XLA:CPU, on CUDA beside XLA:GPU, else nowhere."""
     import torch  # noqa: PLC0415
 
     backend = jax.default_backend()
     if backend == "cpu":
         return "cpu"
-    if backend == "gpu" and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-        return "cuda"
-    return None
+    return "cuda" if backend == "gpu" and torch.cuda.is_available() else None
 
 
 def torch_twin(name: str, image_shape: tuple[int, int, int]) -> TorchTwin | None:

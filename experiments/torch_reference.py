@@ -127,8 +127,13 @@ def make_step(model: nn.Module, num_classes: int, image_shape: tuple[int, int, i
               ) -> Callable[[], None]:
     """One blocking call of `mode` on random images stored channels_last on `device` ("cpu" or
     "cuda"; the model is moved there); bfloat16 runs under autocast (float32 parameters, bfloat16
-    compute, like jaxcnn's `dtype`)."""
+    compute, like jaxcnn's `dtype`). On CUDA float32 matmuls may use TF32, as XLA's default
+    precision does on these GPUs (torch's cuDNN convs already do), and cuDNN picks its fastest
+    algorithms, as XLA's autotuner does."""
     h, w, c = image_shape
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     model.to(device)
     images = (0.1 * torch.randn(batch_size, c, h, w, device=device)
               ).to(memory_format=torch.channels_last)

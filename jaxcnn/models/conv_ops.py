@@ -108,6 +108,13 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
     return _from_nhwc(y, dn)
 
 
+def _xla_conv(x, w, strides, padding, rhs_dilation):
+    """XLA's own convolution of NHWC x and HWIO w with explicit padding: what the custom-VJP
+    forms below keep for the parts XLA:CPU runs fast."""
+    return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dilation,
+                                    dimension_numbers=_NHWC)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _single_channel_conv(x, w, strides, padding, rhs_dilation):
     """NHWC x with one channel, HWIO w: the sum over taps of tap × kernel row, elementwise, in
@@ -126,8 +133,7 @@ def _single_channel_conv_fwd(x, w, strides, padding, rhs_dilation):
 def _single_channel_conv_bwd(strides, padding, rhs_dilation, residuals, dy):
     """XLA's own convolution gradients: fast here, where its forward pass is not."""
     x, w = residuals
-    conv = lambda x, w: lax.conv_general_dilated(
-        x, w, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=_NHWC)
+    conv = lambda x, w: _xla_conv(x, w, strides, padding, rhs_dilation)
     return jax.vjp(conv, x, w)[1](dy)
 
 
@@ -189,11 +195,7 @@ def _col2im(cols, padded_sizes, strides, rhs_dilation, dim=0):
     return sum(placed)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _col2im_grad_conv(x, w, strides, padding, rhs_dilation):
-    """NHWC x, HWIO w, explicit padding: XLA's convolution."""
-    return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dilation,
-                                    dimension_numbers=_NHWC)
+_col2im_grad_conv = jax.custom_vjp(_xla_conv, nondiff_argnums=(2, 3, 4))
 
 
 def _col2im_grad_conv_fwd(x, w, strides, padding, rhs_dilation):
@@ -212,8 +214,7 @@ def _col2im_grad_conv_bwd(strides, padding, rhs_dilation, residuals, dy):
     dx = lax.slice(dx_padded, (0, *[lo for lo, _ in padding], 0),
                    (x.shape[0], *[lo + n for n, (lo, _) in zip(x.shape[1:-1], padding)],
                     channels)).astype(x.dtype)
-    conv = lambda w: lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dilation,
-                                              dimension_numbers=_NHWC)
+    conv = lambda w: _xla_conv(x, w, strides, padding, rhs_dilation)
     return dx, jax.vjp(conv, w)[1](dy)[0]
 
 

@@ -1,11 +1,13 @@
-"""Per-convolution timing: every distinct conv shape of a model, XLA's conv vs im2col vs PyTorch.
+"""Per-convolution timing: every distinct conv shape of a model, XLA's conv vs im2col vs oneDNN vs
+PyTorch.
 
     python -m experiments.conv_layers [--layers_of=vgg16:224:4,vgg_cifar:32:64]
         [--num_batches=5 --burn_in=2] [--notorch]
 
 Prints a markdown table: ms per call, forward and forward-backward (gradients of the input and
-the kernel; torch: forward + backward), for the jitted `lax.conv_general_dilated`, the im2col form
-of `jaxcnn.models.conv_ops`, the form its "auto" policy picks (named in its own column) and a
+the kernel; torch: forward + backward), for the jitted `lax.conv_general_dilated`, the im2col and
+oneDNN forms of `jaxcnn.models.conv_ops` (oneDNN where it is built), the form its "auto" policy
+picks (named in its own column) and a
 channels_last `torch.nn.Conv2d` without bias, timed alternately
 call by call so that all three see the same load; then the machine and the load average around
 each row (`experiments.machine`).
@@ -24,7 +26,7 @@ from absl import app, flags
 from jax import lax
 
 from experiments import cli, machine, timing_flags
-from jaxcnn import benchmark, models, xla_options
+from jaxcnn import benchmark, models, onednn, xla_options
 from jaxcnn.models import conv_ops
 
 flags.DEFINE_list("layers_of", ["vgg16:224:4", "vgg_cifar:32:64"],
@@ -103,8 +105,10 @@ def torch_calls(shape: ConvShape) -> tuple[Callable, Callable]:
 def time_shape(shape: ConvShape, burn_in: int, num_batches: int, with_torch: bool) -> dict:
     """Median ms of forward and forward-backward per formulation, and the load around them."""
     impls = {"xla": jax_calls(shape, lax.conv_general_dilated),
-             "im2col": jax_calls(shape, conv_ops.im2col_conv_general_dilated),
-             "auto": jax_calls(shape, conv_ops.auto_conv_general_dilated)}
+             "im2col": jax_calls(shape, conv_ops.im2col_conv_general_dilated)}
+    if onednn.available():
+        impls["onednn"] = jax_calls(shape, conv_ops.onednn_conv_general_dilated)
+    impls["auto"] = jax_calls(shape, conv_ops.auto_conv_general_dilated)
     if with_torch:
         impls["torch"] = torch_calls(shape)
     load_before, others = os.getloadavg(), machine.OtherProcesses().start()

@@ -38,8 +38,8 @@ def silence_failed_io_aftermath() -> None:
     other operations in flight on an event loop that Orbax has already closed, and each prints
     "Event loop is closed", "Task exception was never retrieved" or, at exit, "sys.meta_path is
     None", none of which says more than the error Orbax raised. The programs call it at start
-    (not with --debug), and `reading` after any failed read (`runs.load` in a notebook, say).
-    Idempotent."""
+    (not with --debug), and `reading` before any read (`runs.load` in a notebook, say: installed
+    only after a failure, it lost the race with TensorStore's threads now and then). Idempotent."""
     if getattr(sys.unraisablehook, "drops_failed_io_aftermath", False):
         return
     default_hook = sys.unraisablehook
@@ -64,12 +64,12 @@ class Unreadable(Exception):
 def reading(what: str):
     """Turns the storage errors of an Orbax read inside into `Unreadable("WHAT: cause")` (and
     silences their aftermath); any other error passes through."""
+    silence_failed_io_aftermath()
     try:
         yield
     except Exception as e:
         if not _is_storage_error(e):
             raise
-        silence_failed_io_aftermath()
         raise Unreadable(f"{what}: {_storage_error_cause(e)}") from e
 
 

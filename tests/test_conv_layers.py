@@ -2,7 +2,7 @@
 import importlib.util
 
 from experiments import conv_layers
-from jaxcnn import models
+from jaxcnn import models, onednn
 
 
 def test_distinct_conv_shapes_of_a_model():
@@ -18,7 +18,7 @@ def test_one_tiny_shape_is_timed_and_tabulated():
     shape = conv_layers.ConvShape((2, 4, 4, 3), (3, 3), 4, (1, 1), ((1, 1), (1, 1)))
     with_torch = importlib.util.find_spec("torch") is not None
     result = conv_layers.time_shape(shape, burn_in=0, num_batches=1, with_torch=with_torch)
-    impls = ["xla", "im2col", "auto"] + ["torch"] * with_torch
+    impls = ["xla", "im2col"] + ["onednn"] * onednn.available() + ["auto"] + ["torch"] * with_torch
     assert sorted(result["ms"]) == sorted((i, m) for i in impls
                                           for m in ("forward", "forward_backward"))
     assert all(ms > 0 for ms in result["ms"].values())

@@ -1,12 +1,15 @@
 """The im2col, single-channel and col2im-gradient convolutions equal `lax.conv_general_dilated`
-(values and gradients, to 1e-5); the "auto" policy and the `conv_impl` model option."""
+(values and gradients, to 1e-5); the "auto" policy and the `conv_impl` model option (the oneDNN
+form: tests/test_onednn.py)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn import models
+from jaxcnn import models, onednn
 from jaxcnn.models import conv_ops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -61,11 +64,15 @@ def test_im2col_equals_xla_with_gradients(name):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _choice(x_shape, k, backend="cpu", strides=(1, 1), groups=1, padding="SAME",
+            use_onednn=False, dtype=jnp.float32):
+    kernel = (k, k, x_shape[-1] // groups, 8)
+    return conv_ops.auto_choice(x_shape, kernel, strides, padding, NHWC, groups, backend=backend,
+                                dtype=dtype, use_onednn=use_onednn)
+
+
 def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_col2im_grad_for_few_channels():
-    def choice(x_shape, k, backend="cpu", strides=(1, 1), groups=1, padding="SAME"):
-        kernel = (k, k, x_shape[-1] // groups, 8)
-        return conv_ops.auto_choice(x_shape, kernel, strides, padding, NHWC, groups,
-                                    backend=backend)
+    choice = _choice
 
     assert choice((64, 2, 2, 8), 3) == choice((64, 1, 1, 8), 3) == "im2col"
     assert choice((64, 4, 4, 8), 3, strides=(2, 2)) == "im2col"
@@ -80,6 +87,23 @@ def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_col2im_grad_for_few_c
     for x_shape, k in (((64, 2, 2, 8), 3), ((64, 56, 56, 8), 1), ((64, 32, 32, 1), 5),
                        ((64, 14, 14, 6), 5)):
         assert choice(x_shape, k, backend="gpu") == "xla"
+
+
+def test_policy_with_onednn_takes_every_float32_2d_conv_above_4x4_out():
+    choice = functools.partial(_choice, use_onednn=True)
+    assert choice((64, 32, 32, 3), 3) == choice((64, 32, 32, 1), 5) == "onednn"
+    assert choice((64, 14, 14, 6), 5, padding="VALID") == "onednn"       # LeNet's conv2: 10×10
+    assert choice((16, 224, 224, 3), 11, strides=(4, 4)) == "onednn"
+    assert choice((64, 5, 5, 64), 3, padding="VALID") == "xla"           # 3×3 out
+    assert choice((64, 4, 4, 256), 3) == "xla"                           # 4×4 out: 16 pixels
+    assert choice((64, 2, 2, 8), 3) == choice((64, 56, 56, 8), 1) == "im2col"
+    assert choice((64, 8, 8, 8), 3, groups=8) == "xla"
+    assert choice((64, 32, 32, 9), 3, dtype=jnp.bfloat16) == "xla"
+    assert choice((64, 32, 32, 9), 3, backend="gpu") == "xla"
+    # where it is not said, oneDNN is used on one device only: XLA would run a custom call of a
+    # program sharded over devices on the gathered batch (tests/conftest.py sets 8 devices)
+    assert jax.device_count() == 8
+    assert _choice((64, 32, 32, 9), 3, use_onednn=None) == "xla"
 
 
 @pytest.mark.parametrize("conv, case", [
@@ -104,7 +128,7 @@ def test_single_channel_and_col2im_grad_equal_xla_with_gradients(conv, case):
 def test_conv_impl_option_gives_the_same_model():
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))   # conv 2 sees 2×2 maps: "auto" → im2col
     outputs = []
-    for impl in ("xla", "im2col", "auto"):
+    for impl in ("xla", "im2col", "auto") + ("onednn",) * onednn.available():
         model = models.create("convnet_cifar", 5, conv_impl=impl, width=8)
         variables = jax.jit(model.init)(jax.random.key(0), x)
         outputs.append(jax.jit(model.apply)(variables, x))
@@ -114,9 +138,16 @@ def test_conv_impl_option_gives_the_same_model():
         models.create("convnet_cifar", 5, conv_impl="winograd").init(jax.random.key(0), x)
 
 
-def test_auto_gives_xlas_gradients_on_lenet5():
-    """LeNet-5 under "auto" runs all three CPU forms (single-channel conv1, col2im-gradient
-    conv2, im2col conv3); its parameter gradients equal those under XLA's conv."""
+@pytest.mark.parametrize("with_onednn, forms", [
+    (False, ["single_channel", "col2im_grad", "im2col"]),
+    pytest.param(True, ["onednn", "onednn", "im2col"], marks=pytest.mark.skipif(
+        not onednn.available(), reason=f"oneDNN unavailable: {onednn.unavailable_reason()}"))])
+def test_auto_gives_xlas_gradients_on_lenet5(monkeypatch, with_onednn, forms):
+    """LeNet-5 under "auto" runs the CPU forms (without oneDNN: single-channel conv1,
+    col2im-gradient conv2, im2col conv3; with it: oneDNN for conv1 and conv2); its parameter
+    gradients equal those under XLA's conv."""
+    monkeypatch.setattr(jax, "device_count", lambda *backend: 1)
+    monkeypatch.setattr(onednn, "available", lambda: with_onednn)
     x = jax.random.normal(jax.random.key(1), (3, 32, 32, 1))
     grads = []
     for impl in ("xla", "auto"):
@@ -125,8 +156,7 @@ def test_auto_gives_xlas_gradients_on_lenet5():
         loss = lambda params: jnp.sum(model.apply({"params": params}, x) ** 2)
         grads.append(jax.jit(jax.grad(loss))(variables["params"]))
     assert [conv_ops.auto_choice((3, *shape), (5, 5, shape[-1], 8), (1, 1), "VALID", NHWC)
-            for shape in ((32, 32, 1), (14, 14, 6), (5, 5, 16))] == [
-                "single_channel", "col2im_grad", "im2col"]
+            for shape in ((32, 32, 1), (14, 14, 6), (5, 5, 16))] == forms
     jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5),
                  grads[1], grads[0])
 

@@ -16,8 +16,9 @@ class ConvNet(nn.Module):
     factorize / multi_branch: "all", "none" or conv layer numbers (1-based), see `layers.layer_set`.
     dropout: rate of the classifier's dropout layers.
     dtype: computation dtype (parameters stay float32; logits come out float32).
-    conv_impl: "auto" | "xla" | "im2col", how convolutions are computed (see `conv_ops`); "auto"
-      is XLA's conv except where it is known to be slow (tiny maps on CPU), same results.
+    conv_impl: "auto" | "xla" | "im2col" | "onednn", how convolutions are computed (see
+      `conv_ops`); "auto" is XLA's conv except on CPU, where it takes oneDNN's (where built) and
+      the forms that beat XLA's on tiny maps; same results to float32 rounding.
     """
     num_classes: int = 1000
     norm: str = "none"

@@ -1,12 +1,15 @@
-"""Convolutions in forms XLA:CPU runs faster than its own, and the per-shape "auto" policy.
+"""Convolutions in forms that run faster on CPU than XLA:CPU's own, and the per-shape "auto" policy.
 
-XLA:CPU's convolution is pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2
-maps runs ~35× slower than the same conv written as a matmul: im2col), on one-channel inputs
-(LeNet's grayscale first conv: an elementwise sum over kernel taps is ~4× faster) and, in the
-input gradient, onto few channels (LeNet's conv2: with its input gradient as one matmul and
-col2im, its forward-backward takes 7.5 ms instead of 16.6; see BENCHMARKS.md), while on GPU
-cuDNN wins everywhere. Every conv function here has the signature of
-`jax.lax.conv_general_dilated`, so it drops into `flax.linen.Conv(conv_general_dilated=...)`.
+On this project's CPU, oneDNN's convolutions (the kernels PyTorch runs; `jaxcnn.onednn`, called
+through XLA's FFI) ran 1.3–4× faster than XLA:CPU's forward, input gradient and kernel gradient on
+most zoo shapes, and "auto" takes them wherever they are built. XLA:CPU's convolution is also
+pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2 maps runs ~35× slower than the
+same conv written as a matmul: im2col, which beats oneDNN there too); where oneDNN is not built,
+two more forms stand in for it: one-channel inputs (LeNet's grayscale first conv: an elementwise
+sum over kernel taps is ~4× faster) and input gradients onto few channels (LeNet's conv2: one
+matmul and col2im; see BENCHMARKS.md). On GPU cuDNN wins everywhere. Every conv function here has
+the signature of `jax.lax.conv_general_dilated`, so it drops into
+`flax.linen.Conv(conv_general_dilated=...)`.
 """
 from __future__ import annotations
 
@@ -19,9 +22,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn import onednn
+from jaxcnn.onednn import ffi as onednn_ffi
+
 # "auto" uses im2col on CPU when a conv's output map has at most this many pixels (measured in
 # BENCHMARKS.md: XLA:CPU loses badly at 2×2 and 1×1, is level at 3×3-4×4, wins from 7×7 up).
 IM2COL_MAX_OUTPUT_PIXELS = 4
+# ... and oneDNN (where it is built) for maps with more output pixels than this: on vgg_cifar's
+# 4×4 maps XLA's conv ran 10-15% faster than oneDNN's, from convnet_cifar's 6×6 up oneDNN led
+# (BENCHMARKS.md).
+XLA_MAX_OUTPUT_PIXELS = 16
 # ... and the col2im input gradient for convs with at most this many input channels (measured on
 # LeNet's 6-channel conv2 and 3-channel first convs; one-channel convs take the single-channel
 # form instead).
@@ -234,19 +244,53 @@ def col2im_grad_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dila
                       preferred_element_type)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _onednn_conv(x, w, strides, padding, rhs_dilation):
+    return onednn_ffi.forward(x, w, strides, padding, rhs_dilation)
+
+
+def _onednn_conv_fwd(x, w, strides, padding, rhs_dilation):
+    return _onednn_conv(x, w, strides, padding, rhs_dilation), (x, w)
+
+
+def _onednn_conv_bwd(strides, padding, rhs_dilation, residuals, dy):
+    """oneDNN's input and kernel gradients (a first layer's unused input gradient is dropped by
+    XLA, as for its own convolutions)."""
+    x, w = residuals
+    return (onednn_ffi.backward_data(dy, w, x.shape, strides, padding, rhs_dilation),
+            onednn_ffi.backward_weights(x, dy, w.shape, strides, padding, rhs_dilation))
+
+
+_onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
+
+
+def onednn_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                                batch_group_count=1, precision=None, preferred_element_type=None):
+    """`lax.conv_general_dilated` of float32 2-D maps by oneDNN (`jaxcnn.onednn`), forward and
+    both gradients: the kernels PyTorch runs on CPU, 1.3–4× faster than XLA:CPU's on most zoo
+    shapes (BENCHMARKS.md)."""
+    needs = ("float32 2-D maps and the oneDNN library",
+             lambda x: x.ndim == 4 and x.dtype == rhs.dtype == jnp.float32 and onednn.available())
+    return _nhwc_form(_onednn_conv, needs, lhs, rhs, window_strides, padding, lhs_dilation,
+                      rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
+                      preferred_element_type)
+
+
 def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers=None,
-                feature_group_count=1, rhs_dilation=None, backend: str | None = None) -> str:
+                feature_group_count=1, rhs_dilation=None, backend: str | None = None,
+                dtype=jnp.float32, use_onednn: bool | None = None) -> str:
     """The "auto" policy, measured in BENCHMARKS.md, as the name of a `FORMS` entry. On CPU:
-    the single-channel form for one-channel inputs (grayscale first convs); im2col for convs
-    whose output map is tiny and for pointwise (1×1) convs, which are a plain matmul; the col2im
-    input gradient for few input channels; XLA's conv everywhere else, and everywhere on GPU /
-    TPU."""
+    oneDNN for float32 2-D convs whose output map has more than `XLA_MAX_OUTPUT_PIXELS` pixels,
+    where oneDNN is built and the program runs on one device (`use_onednn`, default: whether all
+    that holds); otherwise the single-channel form for one-channel inputs (grayscale first convs),
+    im2col for convs whose output map is tiny and for pointwise (1×1) convs, which are a plain
+    matmul, the col2im input gradient for few input channels and XLA's conv for the rest. On GPU /
+    TPU always XLA's conv (cuDNN)."""
     if (backend or jax.default_backend()) != "cpu":
         return "xla"
     dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
     channels = lhs_shape[dn.lhs_spec[1]]
-    if channels == 1 and feature_group_count == 1:
-        return "single_channel"
     window = [rhs_shape[a] for a in dn.rhs_spec[2:]]
     in_sizes = [lhs_shape[a] for a in dn.lhs_spec[2:]]
     rhs_dilation = rhs_dilation or [1] * len(window)
@@ -254,7 +298,16 @@ def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers
     padding = _explicit_padding(in_sizes, window, window_strides, padding, rhs_dilation)
     out_pixels = math.prod((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
                            zip(in_sizes, padding, dilated, window_strides))
-    if out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or set(window) == {1}:
+    pointwise = set(window) == {1}
+    if (out_pixels > XLA_MAX_OUTPUT_PIXELS and not pointwise and len(window) == 2
+            and feature_group_count == 1 and dtype == jnp.float32):
+        if use_onednn is None:
+            use_onednn = jax.device_count() == 1 and onednn.available()
+        if use_onednn:
+            return "onednn"
+    if channels == 1 and feature_group_count == 1:
+        return "single_channel"
+    if out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or pointwise:
         return "im2col"
     if channels <= COL2IM_MAX_INPUT_CHANNELS and feature_group_count == 1 and len(window) == 2:
         return "col2im_grad"
@@ -268,7 +321,7 @@ def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=No
     plain = batch_group_count == 1 and set(lhs_dilation or [1]) == {1}
     choice = "xla" if not plain else auto_choice(lhs.shape, rhs.shape, window_strides, padding,
                                                  dimension_numbers, feature_group_count,
-                                                 rhs_dilation)
+                                                 rhs_dilation, dtype=lhs.dtype)
     return FORMS[choice](
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -281,11 +334,13 @@ FORMS: dict[str, Callable] = {      # what `auto_choice` picks from
     "im2col": im2col_conv_general_dilated,
     "single_channel": single_channel_conv_general_dilated,
     "col2im_grad": col2im_grad_conv_general_dilated,
+    "onednn": onednn_conv_general_dilated,
 }
 CONV_IMPLS: dict[str, Callable] = {  # a model's `conv_impl` option
     "auto": auto_conv_general_dilated,
     "xla": lax.conv_general_dilated,
     "im2col": im2col_conv_general_dilated,
+    "onednn": onednn_conv_general_dilated,
 }
 
 

@@ -1,0 +1,176 @@
+// oneDNN's convolutions as XLA FFI handlers: forward, input gradient and kernel gradient of a 2-D
+// convolution of float32 NHWC activations with an HWIO kernel (no groups, no input dilation), the
+// same primitives PyTorch runs on CPU. Built on first use by jaxcnn/onednn/build.py; called by
+// jaxcnn/onednn/ffi.py.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+
+enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+struct Geometry {
+  memory::dims src, weights, dst, strides, dilates, pad_l, pad_r;
+};
+
+// A primitive made once per kind and geometry (oneDNN compiles its kernels when it is made). The
+// activations stay NHWC; the kernel is reordered when oneDNN wants another layout for it.
+struct Plan {
+  memory::desc src, weights, dst;           // the plain layouts of XLA's buffers
+  memory::desc prim_weights;                // the layout the primitive wants for the kernel
+  dnnl::primitive prim;
+  size_t scratchpad_bytes;
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, const Plan& p,
+                                                      const dnnl::primitive_attr& attr) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, p.src,
+      memory::desc(g.weights, memory::data_type::f32, tag::any), p.dst, g.strides, g.dilates,
+      g.pad_l, g.pad_r, attr);
+}
+
+std::unique_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
+  auto plan = std::make_unique<Plan>();
+  plan->src = memory::desc(g.src, memory::data_type::f32, tag::nhwc);
+  plan->weights = memory::desc(g.weights, memory::data_type::f32, tag::hwio);
+  plan->dst = memory::desc(g.dst, memory::data_type::f32, tag::nhwc);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto fwd = ForwardDesc(g, *plan, attr);
+  auto any_w = memory::desc(g.weights, memory::data_type::f32, tag::any);
+  if (kind == kForward) {
+    plan->prim_weights = fwd.weights_desc();
+    plan->scratchpad_bytes = fwd.scratchpad_desc().get_size();
+    plan->prim = dnnl::convolution_forward(fwd);
+  } else if (kind == kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, plan->src, any_w, plan->dst, g.strides,
+        g.dilates, g.pad_l, g.pad_r, fwd, attr);
+    plan->prim_weights = pd.weights_desc();
+    plan->scratchpad_bytes = pd.scratchpad_desc().get_size();
+    plan->prim = dnnl::convolution_backward_data(pd);
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, plan->src, any_w, plan->dst, g.strides,
+        g.dilates, g.pad_l, g.pad_r, fwd, attr);
+    plan->prim_weights = pd.diff_weights_desc();
+    plan->scratchpad_bytes = pd.scratchpad_desc().get_size();
+    plan->prim = dnnl::convolution_backward_weights(pd);
+  }
+  return plan;
+}
+
+const Plan& GetPlan(Kind kind, const Geometry& g) {
+  static std::mutex mu;
+  static std::map<std::vector<int64_t>, std::unique_ptr<Plan>> plans;
+  std::vector<int64_t> key{kind};
+  for (const auto* v : {&g.src, &g.weights, &g.dst, &g.strides, &g.dilates, &g.pad_l, &g.pad_r})
+    key.insert(key.end(), v->begin(), v->end());
+  std::lock_guard<std::mutex> lock(mu);
+  auto& plan = plans[key];
+  if (!plan) plan = MakePlan(kind, g);
+  return *plan;
+}
+
+memory::dims Dims2(ffi::Span<const int64_t> v) { return {v[0], v[1]}; }
+
+// NHWC / HWIO shapes -> oneDNN's logical NCHW / OIHW dims.
+memory::dims Nchw(ffi::AnyBuffer::Dimensions d) { return {d[0], d[3], d[1], d[2]}; }
+memory::dims Oihw(ffi::AnyBuffer::Dimensions d) { return {d[3], d[2], d[0], d[1]}; }
+
+ffi::Error Run(Kind kind, void* src, void* weights, void* dst, const Geometry& g) {
+  try {
+    const Plan& plan = GetPlan(kind, g);
+    dnnl::engine& eng = Engine();
+    dnnl::stream stream(eng);
+    // Per call (not per plan), so that two threads can run one primitive; left uninitialised.
+    std::unique_ptr<uint8_t[]> scratch(new uint8_t[plan.scratchpad_bytes + 1]);
+    memory scratchpad(memory::desc({static_cast<int64_t>(plan.scratchpad_bytes)},
+                                   memory::data_type::u8, tag::x),
+                      eng, scratch.get());
+    memory src_m(plan.src, eng, src), dst_m(plan.dst, eng, dst), user_w(plan.weights, eng, weights);
+    bool reorder = plan.prim_weights != plan.weights;
+    memory prim_w = reorder ? memory(plan.prim_weights, eng) : user_w;
+    if (kind == kForward) {
+      if (reorder) dnnl::reorder(user_w, prim_w).execute(stream, user_w, prim_w);
+      plan.prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, prim_w},
+                                 {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else if (kind == kBackwardData) {
+      if (reorder) dnnl::reorder(user_w, prim_w).execute(stream, user_w, prim_w);
+      plan.prim.execute(stream, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, prim_w},
+                                 {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else {
+      plan.prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, prim_w},
+                                 {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (reorder) dnnl::reorder(prim_w, user_w).execute(stream, prim_w, user_w);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, e.what());
+  }
+  return ffi::Error::Success();
+}
+
+Geometry MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions w,
+                      ffi::AnyBuffer::Dimensions y, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+  // padding: (top, bottom, left, right); dilation as XLA's (1 = none), oneDNN counts from 0.
+  return Geometry{Nchw(x), Oihw(w), Nchw(y), Dims2(strides),
+                  {dilation[0] - 1, dilation[1] - 1}, {padding[0], padding[2]},
+                  {padding[1], padding[3]}};
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+  return Run(kForward, x.untyped_data(), w.untyped_data(), y->untyped_data(),
+             MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, dilation,
+                          padding));
+}
+
+ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+  return Run(kBackwardData, dx->untyped_data(), w.untyped_data(), dy.untyped_data(),
+             MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, dilation,
+                          padding));
+}
+
+ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                           ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> strides,
+                           ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+  return Run(kBackwardWeights, x.untyped_data(), dw->untyped_data(), dy.untyped_data(),
+             MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, dilation,
+                          padding));
+}
+
+}  // namespace
+
+#define CONV_BINDING                                 \
+  ffi::Ffi::Bind()                                   \
+      .Arg<ffi::Buffer<ffi::F32>>()                  \
+      .Arg<ffi::Buffer<ffi::F32>>()                  \
+      .Ret<ffi::Buffer<ffi::F32>>()                  \
+      .Attr<ffi::Span<const int64_t>>("strides")     \
+      .Attr<ffi::Span<const int64_t>>("dilation")    \
+      .Attr<ffi::Span<const int64_t>>("padding")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForward, Forward, CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvBackwardData, BackwardData, CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvBackwardWeights, BackwardWeights, CONV_BINDING);

@@ -1,0 +1,70 @@
+"""The three oneDNN convolution calls as JAX functions (XLA FFI custom calls on CPU).
+
+Each takes float32 NHWC activations and an HWIO kernel, with explicit strides, padding as
+((top, bottom), (left, right)) and kernel dilation, like `lax.conv_general_dilated`.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxcnn.onednn import build
+
+_TARGETS = {"forward": "JaxcnnConvForward", "backward_data": "JaxcnnConvBackwardData",
+            "backward_weights": "JaxcnnConvBackwardWeights"}
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """None once the library is built, loaded and its calls registered with XLA; else why not
+    (logged once)."""
+    try:
+        library = ctypes.CDLL(str(build.library_path()))
+    except (build.Unavailable, OSError) as e:
+        logging.warning("jaxcnn: oneDNN convolutions unavailable, XLA's are used: %s", e)
+        return str(e)
+    for target in _TARGETS.values():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)),
+                                    platform="cpu")
+    return None
+
+
+def available() -> bool:
+    return unavailable_reason() is None
+
+
+def _call(kind: str, out_shape, a, b, strides, padding, dilation):
+    if not available():
+        raise RuntimeError(f"oneDNN convolutions are unavailable: {unavailable_reason()}")
+    call = jax.ffi.ffi_call(_TARGETS[kind], jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                            vmap_method="sequential")
+    return call(a, b, strides=np.asarray(strides, np.int64),
+                dilation=np.asarray(dilation, np.int64),
+                padding=np.asarray([p for pair in padding for p in pair], np.int64))
+
+
+def _output_shape(x_shape, w_shape, strides, padding, dilation):
+    sizes = [(n + lo + hi - (k - 1) * d - 1) // s + 1 for n, k, s, (lo, hi), d in
+             zip(x_shape[1:3], w_shape[:2], strides, padding, dilation)]
+    return (x_shape[0], *sizes, w_shape[-1])
+
+
+def forward(x, w, strides, padding, dilation):
+    """The convolution of x with w."""
+    out_shape = _output_shape(x.shape, w.shape, strides, padding, dilation)
+    return _call("forward", out_shape, x, w, strides, padding, dilation)
+
+
+def backward_data(dy, w, x_shape, strides, padding, dilation):
+    """The gradient with respect to the input (of shape `x_shape`), given the output's dy."""
+    return _call("backward_data", tuple(x_shape), dy, w, strides, padding, dilation)
+
+
+def backward_weights(x, dy, w_shape, strides, padding, dilation):
+    """The gradient with respect to the kernel (of shape `w_shape`), given the output's dy."""
+    return _call("backward_weights", tuple(w_shape), x, dy, strides, padding, dilation)

@@ -99,6 +99,7 @@ def test_policy_with_onednn_takes_every_float32_2d_conv_above_4x4_out():
     assert choice((64, 2, 2, 8), 3) == choice((64, 56, 56, 8), 1) == "im2col"
     assert choice((64, 8, 8, 8), 3, groups=8) == "xla"
     assert choice((64, 32, 32, 9), 3, dtype=jnp.bfloat16) == "xla"
+    assert choice((64, 32, 32, 9), 3, dtype=None) == "xla"             # operands' dtypes differ
     assert choice((64, 32, 32, 9), 3, backend="gpu") == "xla"
     # where it is not said, oneDNN is used on one device only: XLA would run a custom call of a
     # program sharded over devices on the gathered batch (tests/conftest.py sets 8 devices)

@@ -15,7 +15,7 @@ from jaxcnn.onednn import build
 NHWC = ("NHWC", "HWIO", "NHWC")
 needs_onednn = pytest.mark.skipif(not onednn.available(),
                                   reason=f"oneDNN unavailable: {onednn.unavailable_reason()}")
-CASES = {  # x shape, kernel shape (in the layout's order), strides, padding, kernel dilation, layout
+CASES = {  # x, kernel shape (in the layout's order), strides, padding, kernel dilation, layout
     "vgg_3x3_same": ((2, 8, 8, 16), (3, 3, 16, 32), (1, 1), "SAME", (1, 1), NHWC),
     "lenet_5x5_valid_one_channel": ((3, 12, 12, 1), (5, 5, 1, 6), (1, 1), "VALID", (1, 1), NHWC),
     "alexnet_11x11_stride_4": ((2, 23, 23, 3), (11, 11, 3, 8), (4, 4), [(2, 1), (2, 1)], (1, 1),

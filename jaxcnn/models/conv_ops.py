@@ -1,10 +1,11 @@
-"""Convolutions in forms that run faster on CPU than XLA:CPU's own, and the per-shape "auto" policy.
+"""Convolutions in forms that run faster on CPU than XLA:CPU's own, and the per-shape "auto"
+policy.
 
 On this project's CPU, oneDNN's convolutions (the kernels PyTorch runs; `jaxcnn.onednn`, called
-through XLA's FFI) ran 1.3–4× faster than XLA:CPU's forward, input gradient and kernel gradient on
-most zoo shapes, and "auto" takes them wherever they are built. XLA:CPU's convolution is also
-pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2 maps runs ~35× slower than the
-same conv written as a matmul: im2col, which beats oneDNN there too); where oneDNN is not built,
+through XLA's FFI) ran 1.3–4× faster than XLA:CPU's forward, input gradient and kernel gradient
+on most zoo shapes, and "auto" takes them wherever they are built. XLA:CPU's convolution is also
+pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2 maps runs ~35× slower than
+the same conv written as a matmul: im2col, which beats oneDNN there too); where oneDNN is not built,
 two more forms stand in for it: one-channel inputs (LeNet's grayscale first conv: an elementwise
 sum over kernel taps is ~4× faster) and input gradients onto few channels (LeNet's conv2: one
 matmul and col2im; see BENCHMARKS.md). On GPU cuDNN wins everywhere. Every conv function here has
@@ -283,10 +284,10 @@ def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers
     """The "auto" policy, measured in BENCHMARKS.md, as the name of a `FORMS` entry. On CPU:
     oneDNN for float32 2-D convs whose output map has more than `XLA_MAX_OUTPUT_PIXELS` pixels,
     where oneDNN is built and the program runs on one device (`use_onednn`, default: whether all
-    that holds); otherwise the single-channel form for one-channel inputs (grayscale first convs),
-    im2col for convs whose output map is tiny and for pointwise (1×1) convs, which are a plain
-    matmul, the col2im input gradient for few input channels and XLA's conv for the rest. On GPU /
-    TPU always XLA's conv (cuDNN)."""
+    that holds; `dtype`: both operands', None where they differ); otherwise the single-channel
+    form for one-channel inputs (grayscale first convs), im2col for convs whose output map is
+    tiny and for pointwise (1×1) convs, which are a plain matmul, the col2im input gradient for
+    few input channels and XLA's conv for the rest. On GPU / TPU always XLA's conv (cuDNN)."""
     if (backend or jax.default_backend()) != "cpu":
         return "xla"
     dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
@@ -319,9 +320,10 @@ def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=No
                               batch_group_count=1, precision=None, preferred_element_type=None):
     """`lax.conv_general_dilated` in the form `auto_choice` picks: the same results, faster."""
     plain = batch_group_count == 1 and set(lhs_dilation or [1]) == {1}
+    dtype = lhs.dtype if lhs.dtype == rhs.dtype else None
     choice = "xla" if not plain else auto_choice(lhs.shape, rhs.shape, window_strides, padding,
                                                  dimension_numbers, feature_group_count,
-                                                 rhs_dilation, dtype=lhs.dtype)
+                                                 rhs_dilation, dtype=dtype)
     return FORMS[choice](
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,

@@ -31,7 +31,7 @@ class Unavailable(RuntimeError):
 def _onednn_prefix() -> pathlib.Path:
     """The prefix holding oneDNN 3's headers and library: this environment's, else the system's."""
     for prefix in (pathlib.Path(sys.prefix), pathlib.Path("/usr/local"), pathlib.Path("/usr")):
-        if (prefix / "include/oneapi/dnnl/dnnl.hpp").exists() and (prefix / "lib/libdnnl.so").exists():
+        if all((prefix / f).exists() for f in ("include/oneapi/dnnl/dnnl.hpp", "lib/libdnnl.so")):
             return prefix
     raise Unavailable("oneDNN's headers and libdnnl.so were not found (pip install "
                       "onednn-cpu-gomp onednn-devel-cpu-gomp)")

@@ -35,6 +35,7 @@ def unavailable_reason() -> str | None:
 
 
 def available() -> bool:
+    """Whether the oneDNN convolutions can run here (built and registered on the first call)."""
     return unavailable_reason() is None
 
 

@@ -49,15 +49,16 @@ def _call(kind: str, out_shape, a, b, strides, padding, dilation):
                 padding=np.asarray([p for pair in padding for p in pair], np.int64))
 
 
-def _output_shape(x_shape, w_shape, strides, padding, dilation):
-    sizes = [(n + lo + hi - (k - 1) * d - 1) // s + 1 for n, k, s, (lo, hi), d in
-             zip(x_shape[1:3], w_shape[:2], strides, padding, dilation)]
-    return (x_shape[0], *sizes, w_shape[-1])
+def _output_shape(x, w, strides, padding, dilation):
+    """The shape XLA's own convolution gives: the one oneDNN's must fill."""
+    return jax.eval_shape(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, strides, padding, rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w).shape
 
 
 def forward(x, w, strides, padding, dilation):
     """The convolution of x with w."""
-    out_shape = _output_shape(x.shape, w.shape, strides, padding, dilation)
+    out_shape = _output_shape(x, w, strides, padding, dilation)
     return _call("forward", out_shape, x, w, strides, padding, dilation)
 
 

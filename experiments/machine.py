@@ -16,6 +16,8 @@ import platform
 import time
 from typing import Sequence
 
+import jax
+
 from jaxcnn import host_memory, onednn
 
 LOAD_LIMIT_PER_CORE = 0.5
@@ -42,8 +44,15 @@ def record(torch_threads: int | None = None) -> dict:
             else os.cpu_count(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch_threads,
             "freed_host_memory": "kept" if host_memory.reusing() else "returned",
-            "onednn_convolutions": "built" if onednn.available()
-            else f"unavailable ({onednn.unavailable_reason()})"}
+            "onednn_convolutions": _onednn_convolutions()}
+
+
+def _onednn_convolutions() -> str:
+    """Whether `conv_ops` can run oneDNN's convolutions here; off CPU it never does, so the library
+    is not built just to say so."""
+    if jax.default_backend() != "cpu":
+        return f"not used on {jax.default_backend()}"
+    return "built" if onednn.available() else f"unavailable ({onednn.unavailable_reason()})"
 
 
 def describe(host: dict, compiler_options: dict, freed_host_memory: str | None = None) -> str:

@@ -52,7 +52,9 @@ def _onednn_convolutions() -> str:
     is not built just to say so."""
     if jax.default_backend() != "cpu":
         return f"not used on {jax.default_backend()}"
-    return "built" if onednn.available() else f"unavailable ({onednn.unavailable_reason()})"
+    if not onednn.available():
+        return f"unavailable ({onednn.unavailable_reason()})"
+    return "built (float32, bfloat16)" if onednn.native_bfloat16() else "built (float32)"
 
 
 def describe(host: dict, compiler_options: dict, freed_host_memory: str | None = None) -> str:

@@ -65,10 +65,10 @@ def test_im2col_equals_xla_with_gradients(name):
 
 
 def _choice(x_shape, k, backend="cpu", strides=(1, 1), groups=1, padding="SAME",
-            use_onednn=False, dtype=jnp.float32):
+            onednn_dtypes=(), dtype=jnp.float32):
     kernel = (k, k, x_shape[-1] // groups, 8)
     return conv_ops.auto_choice(x_shape, kernel, strides, padding, NHWC, groups, backend=backend,
-                                dtype=dtype, use_onednn=use_onednn)
+                                dtype=dtype, onednn_dtypes=onednn_dtypes)
 
 
 def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_col2im_grad_for_few_channels():
@@ -89,8 +89,8 @@ def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_col2im_grad_for_few_c
         assert choice(x_shape, k, backend="gpu") == "xla"
 
 
-def test_policy_with_onednn_takes_every_float32_2d_conv_above_4x4_out():
-    choice = functools.partial(_choice, use_onednn=True)
+def test_policy_with_onednn_takes_every_2d_conv_above_4x4_out_in_the_dtypes_it_takes():
+    choice = functools.partial(_choice, onednn_dtypes=(jnp.float32,))
     assert choice((64, 32, 32, 3), 3) == choice((64, 32, 32, 1), 5) == "onednn"
     assert choice((64, 14, 14, 6), 5, padding="VALID") == "onednn"       # LeNet's conv2: 10×10
     assert choice((16, 224, 224, 3), 11, strides=(4, 4)) == "onednn"
@@ -99,12 +99,16 @@ def test_policy_with_onednn_takes_every_float32_2d_conv_above_4x4_out():
     assert choice((64, 2, 2, 8), 3) == choice((64, 56, 56, 8), 1) == "im2col"
     assert choice((64, 8, 8, 8), 3, groups=8) == "xla"
     assert choice((64, 32, 32, 9), 3, dtype=jnp.bfloat16) == "xla"
+    with_bfloat16 = (jnp.float32, jnp.bfloat16)                 # a CPU with AMX / AVX512-BF16
+    assert _choice((64, 32, 32, 9), 3, dtype=jnp.bfloat16, onednn_dtypes=with_bfloat16) == "onednn"
+    assert _choice((64, 4, 4, 256), 3, dtype=jnp.bfloat16, onednn_dtypes=with_bfloat16) == "xla"
+    assert _choice((64, 32, 32, 9), 3, dtype=jnp.float16, onednn_dtypes=with_bfloat16) == "xla"
     assert choice((64, 32, 32, 9), 3, dtype=None) == "xla"             # operands' dtypes differ
     assert choice((64, 32, 32, 9), 3, backend="gpu") == "xla"
     # where it is not said, oneDNN is used on one device only: XLA would run a custom call of a
     # program sharded over devices on the gathered batch (tests/conftest.py sets 8 devices)
     assert jax.device_count() == 8
-    assert _choice((64, 32, 32, 9), 3, use_onednn=None) == "xla"
+    assert _choice((64, 32, 32, 9), 3, onednn_dtypes=None) == "xla"
 
 
 @pytest.mark.parametrize("conv, case", [
@@ -148,7 +152,7 @@ def test_auto_gives_xlas_gradients_on_lenet5(monkeypatch, with_onednn, forms):
     col2im-gradient conv2, im2col conv3; with it: oneDNN for conv1 and conv2); its parameter
     gradients equal those under XLA's conv."""
     monkeypatch.setattr(jax, "device_count", lambda *backend: 1)
-    monkeypatch.setattr(onednn, "available", lambda: with_onednn)
+    monkeypatch.setattr(onednn, "dtypes", lambda: (jnp.float32,) * with_onednn)
     x = jax.random.normal(jax.random.key(1), (3, 32, 32, 1))
     grads = []
     for impl in ("xla", "auto"):

@@ -1,7 +1,9 @@
 """oneDNN's convolutions through XLA's FFI (`jaxcnn.onednn`, the "onednn" form of `conv_ops`):
-values and both gradients equal XLA's (to 1e-5 of each array's largest magnitude: both sum ~100
-float32 products per output in different orders), bitwise-reproducible gradients, what the form
-refuses, and the library's build (from scratch into a cache folder, or a reason why not)."""
+values and both gradients equal XLA's (float32: to 1e-5 of each array's largest magnitude, both
+sum ~100 float32 products per output in different orders; bfloat16, where the CPU computes it
+natively: as close to the exact result as XLA's own bfloat16 convolution), bitwise-reproducible
+gradients, what the form refuses, and the library's build (from scratch into a cache folder, or a
+reason why not)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,11 +12,14 @@ from jax import lax
 
 from jaxcnn import models, onednn
 from jaxcnn.models import conv_ops
-from jaxcnn.onednn import build
+from jaxcnn.onednn import build, ffi
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 needs_onednn = pytest.mark.skipif(not onednn.available(),
                                   reason=f"oneDNN unavailable: {onednn.unavailable_reason()}")
+needs_native_bfloat16 = pytest.mark.skipif(
+    not onednn.native_bfloat16(), reason="oneDNN does not compute bfloat16 natively on this CPU"
+    f" ({onednn.unavailable_reason() or 'no AVX512-BF16 / AMX'})")
 CASES = {  # x, kernel shape (in the layout's order), strides, padding, kernel dilation, layout
     "vgg_3x3_same": ((2, 8, 8, 16), (3, 3, 16, 32), (1, 1), "SAME", (1, 1), NHWC),
     "lenet_5x5_valid_one_channel": ((3, 12, 12, 1), (5, 5, 1, 6), (1, 1), "VALID", (1, 1), NHWC),
@@ -47,6 +52,31 @@ def test_onednn_equals_xla_with_gradients(name):
     want = _value_and_grads(lax.conv_general_dilated, case, x, w, cotangent)
     for g, v in zip(got, want):
         np.testing.assert_allclose(g, v, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(v))))
+
+
+@needs_native_bfloat16
+@pytest.mark.parametrize("name", ["vgg_3x3_same", "alexnet_11x11_stride_4", "same_stride_2_uneven",
+                                  "nchw"])
+def test_bfloat16_is_as_close_to_the_exact_result_as_xlas(name):
+    """Both round bfloat16 inputs' float32 sums to bfloat16: each result within one bfloat16 ulp
+    (2^-7 of the array's largest magnitude) of the float32 computation on the same inputs, and
+    within twice XLA's own bfloat16 error."""
+    case = CASES[name]
+    kx, kw, kc = jax.random.split(jax.random.key(2), 3)
+    x = jax.random.normal(kx, case[0]).astype(jnp.bfloat16)
+    w = jax.random.normal(kw, case[1]).astype(jnp.bfloat16)
+    shape = jax.eval_shape(lambda: lax.conv_general_dilated(
+        x, w, case[2], case[3], rhs_dilation=case[4], dimension_numbers=case[5])).shape
+    cotangent = jax.random.normal(kc, shape).astype(jnp.bfloat16)
+    got = _value_and_grads(conv_ops.onednn_conv_general_dilated, case, x, w, cotangent)
+    xla = _value_and_grads(lax.conv_general_dilated, case, x, w, cotangent)
+    exact = _value_and_grads(lax.conv_general_dilated, case, x.astype(jnp.float32),
+                             w.astype(jnp.float32), cotangent.astype(jnp.float32))
+    for g, v, e in zip(got, xla, exact):
+        assert g.dtype == jnp.bfloat16
+        error = lambda a: float(jnp.max(jnp.abs(a.astype(jnp.float32) - e)))
+        assert error(g) <= 2 ** -7 * float(jnp.max(jnp.abs(e)))
+        assert error(g) <= 2 * error(v) + 1e-6
 
 
 @needs_onednn
@@ -83,15 +113,34 @@ def test_a_model_trains_with_onednn_as_with_xla():
 @pytest.mark.parametrize("what, x_shape, w_shape, kwargs", [
     ("groups", (2, 6, 6, 4), (3, 3, 2, 4), {"feature_group_count": 2}),
     ("input dilation", (2, 6, 6, 4), (3, 3, 4, 4), {"lhs_dilation": (2, 2)}),
-    ("bfloat16", (2, 6, 6, 4), (3, 3, 4, 4), {"dtype": jnp.bfloat16}),
+    ("float16", (2, 6, 6, 4), (3, 3, 4, 4), {"dtype": jnp.float16}),
     ("3-D maps", (2, 4, 4, 4, 2), (3, 3, 3, 2, 4), {})])
 def test_onednn_form_refuses_what_it_does_not_compute(what, x_shape, w_shape, kwargs):
     dtype = kwargs.pop("dtype", jnp.float32)
     x, w = jnp.ones(x_shape, dtype), jnp.ones(w_shape, dtype)
     layout = ("NDHWC", "DHWIO", "NDHWC") if len(x_shape) == 5 else NHWC
-    with pytest.raises(NotImplementedError, match="float32 2-D maps"):
+    with pytest.raises(NotImplementedError, match="2-D maps in a dtype"):
         conv_ops.onednn_conv_general_dilated(x, w, (1,) * (x.ndim - 2), "SAME",
                                              dimension_numbers=layout, **kwargs)
+
+
+@needs_onednn
+def test_the_calls_refuse_a_dtype_the_library_does_not_take():
+    """The handlers read every buffer as float32 unless it is bfloat16: anything else must not
+    reach them."""
+    x, w = jnp.ones((2, 6, 6, 4), jnp.float16), jnp.ones((3, 3, 4, 4), jnp.float16)
+    with pytest.raises(TypeError, match="not float16 and float16"):
+        ffi.forward(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1))
+    with pytest.raises(TypeError, match="not float32 and bfloat16"):
+        ffi.backward_weights(x.astype(jnp.float32), x.astype(jnp.bfloat16), w.shape, (1, 1),
+                             ((1, 1), (1, 1)), (1, 1))
+
+
+def test_bfloat16_is_refused_where_the_cpu_does_not_compute_it_natively(monkeypatch):
+    monkeypatch.setattr(onednn, "dtypes", lambda: (jnp.float32,))
+    x, w = jnp.ones((2, 6, 6, 4), jnp.bfloat16), jnp.ones((3, 3, 4, 4), jnp.bfloat16)
+    with pytest.raises(NotImplementedError, match="bfloat16 where the CPU computes it natively"):
+        conv_ops.onednn_conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
 
 
 @needs_onednn

@@ -3,7 +3,10 @@ policy.
 
 On this project's CPU, oneDNN's convolutions (the kernels PyTorch runs; `jaxcnn.onednn`, called
 through XLA's FFI) ran 1.3–4× faster than XLA:CPU's forward, input gradient and kernel gradient
-on most zoo shapes, and "auto" takes them wherever they are built. XLA:CPU's convolution is also
+on most zoo shapes in float32, and "auto" takes them wherever they are built; on CPUs that compute
+bfloat16 natively (AMX, AVX512-BF16) it takes them for bfloat16 too, where oneDNN's AMX kernels
+ran 3–10× faster than its float32 ones and XLA:CPU's bfloat16 convolution was slower than its
+float32 one (BENCHMARKS.md). XLA:CPU's convolution is also
 pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2 maps runs ~35× slower than
 the same conv written as a matmul: im2col, which beats oneDNN there too); where oneDNN is not built,
 two more forms stand in for it: one-channel inputs (LeNet's grayscale first conv: an elementwise
@@ -268,11 +271,13 @@ _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 def onednn_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                 rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                                 batch_group_count=1, precision=None, preferred_element_type=None):
-    """`lax.conv_general_dilated` of float32 2-D maps by oneDNN (`jaxcnn.onednn`), forward and
-    both gradients: the kernels PyTorch runs on CPU, 1.3–4× faster than XLA:CPU's on most zoo
-    shapes (BENCHMARKS.md)."""
-    needs = ("float32 2-D maps and the oneDNN library",
-             lambda x: x.ndim == 4 and x.dtype == rhs.dtype == jnp.float32 and onednn.available())
+    """`lax.conv_general_dilated` of 2-D maps by oneDNN (`jaxcnn.onednn`), forward and both
+    gradients: the kernels PyTorch runs on CPU, in float32 1.3–4× faster than XLA:CPU's on most
+    zoo shapes, in bfloat16 (on CPUs that compute it natively) several times faster again
+    (BENCHMARKS.md)."""
+    needs = ("2-D maps in a dtype the oneDNN library takes here (float32; bfloat16 where the CPU "
+             "computes it natively)",
+             lambda x: x.ndim == 4 and x.dtype == rhs.dtype and x.dtype in onednn.dtypes())
     return _nhwc_form(_onednn_conv, needs, lhs, rhs, window_strides, padding, lhs_dilation,
                       rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
                       preferred_element_type)
@@ -280,14 +285,15 @@ def onednn_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
 
 def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers=None,
                 feature_group_count=1, rhs_dilation=None, backend: str | None = None,
-                dtype=jnp.float32, use_onednn: bool | None = None) -> str:
+                dtype=jnp.float32, onednn_dtypes: tuple | None = None) -> str:
     """The "auto" policy, measured in BENCHMARKS.md, as the name of a `FORMS` entry. On CPU:
-    oneDNN for float32 2-D convs whose output map has more than `XLA_MAX_OUTPUT_PIXELS` pixels,
-    where oneDNN is built and the program runs on one device (`use_onednn`, default: whether all
-    that holds; `dtype`: both operands', None where they differ); otherwise the single-channel
-    form for one-channel inputs (grayscale first convs), im2col for convs whose output map is
-    tiny and for pointwise (1×1) convs, which are a plain matmul, the col2im input gradient for
-    few input channels and XLA's conv for the rest. On GPU / TPU always XLA's conv (cuDNN)."""
+    oneDNN for 2-D convs whose output map has more than `XLA_MAX_OUTPUT_PIXELS` pixels, where
+    oneDNN takes their `dtype` (both operands', None where they differ) and the program runs on
+    one device (`onednn_dtypes`, default: `onednn.dtypes()` on one device, none on several);
+    otherwise the single-channel form for one-channel inputs (grayscale first convs), im2col for
+    convs whose output map is tiny and for pointwise (1×1) convs, which are a plain matmul, the
+    col2im input gradient for few input channels and XLA's conv for the rest. On GPU / TPU
+    always XLA's conv (cuDNN)."""
     if (backend or jax.default_backend()) != "cpu":
         return "xla"
     dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
@@ -300,11 +306,11 @@ def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers
     out_pixels = math.prod((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
                            zip(in_sizes, padding, dilated, window_strides))
     pointwise = set(window) == {1}
-    if (out_pixels > XLA_MAX_OUTPUT_PIXELS and not pointwise and len(window) == 2
-            and feature_group_count == 1 and dtype == jnp.float32):
-        if use_onednn is None:
-            use_onednn = jax.device_count() == 1 and onednn.available()
-        if use_onednn:
+    if out_pixels > XLA_MAX_OUTPUT_PIXELS and not pointwise and len(window) == 2 and (
+            feature_group_count == 1 and dtype is not None):
+        if onednn_dtypes is None:
+            onednn_dtypes = onednn.dtypes() if jax.device_count() == 1 else ()
+        if dtype in onednn_dtypes:
             return "onednn"
     if channels == 1 and feature_group_count == 1:
         return "single_channel"

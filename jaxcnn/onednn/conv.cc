@@ -1,7 +1,7 @@
 // oneDNN's convolutions as XLA FFI handlers: forward, input gradient and kernel gradient of a 2-D
-// convolution of float32 NHWC activations with an HWIO kernel (no groups, no input dilation), the
-// same primitives PyTorch runs on CPU. Built on first use by jaxcnn/onednn/build.py; called by
-// jaxcnn/onednn/ffi.py.
+// convolution of NHWC activations with an HWIO kernel (no groups, no input dilation), float32 or
+// bfloat16 (accumulated in float32), the same primitives PyTorch runs on CPU. Built on first use
+// by jaxcnn/onednn/build.py; called by jaxcnn/onednn/ffi.py.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -20,6 +20,7 @@ namespace {
 enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
 struct Geometry {
+  memory::data_type type;
   memory::dims src, weights, dst, strides, dilates, pad_l, pad_r;
 };
 
@@ -41,19 +42,19 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, const P
                                                       const dnnl::primitive_attr& attr) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, p.src,
-      memory::desc(g.weights, memory::data_type::f32, tag::any), p.dst, g.strides, g.dilates,
+      memory::desc(g.weights, g.type, tag::any), p.dst, g.strides, g.dilates,
       g.pad_l, g.pad_r, attr);
 }
 
 std::unique_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
   auto plan = std::make_unique<Plan>();
-  plan->src = memory::desc(g.src, memory::data_type::f32, tag::nhwc);
-  plan->weights = memory::desc(g.weights, memory::data_type::f32, tag::hwio);
-  plan->dst = memory::desc(g.dst, memory::data_type::f32, tag::nhwc);
+  plan->src = memory::desc(g.src, g.type, tag::nhwc);
+  plan->weights = memory::desc(g.weights, g.type, tag::hwio);
+  plan->dst = memory::desc(g.dst, g.type, tag::nhwc);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto fwd = ForwardDesc(g, *plan, attr);
-  auto any_w = memory::desc(g.weights, memory::data_type::f32, tag::any);
+  auto any_w = memory::desc(g.weights, g.type, tag::any);
   if (kind == kForward) {
     plan->prim_weights = fwd.weights_desc();
     plan->scratchpad_bytes = fwd.scratchpad_desc().get_size();
@@ -79,7 +80,7 @@ std::unique_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
 const Plan& GetPlan(Kind kind, const Geometry& g) {
   static std::mutex mu;
   static std::map<std::vector<int64_t>, std::unique_ptr<Plan>> plans;
-  std::vector<int64_t> key{kind};
+  std::vector<int64_t> key{kind, static_cast<int64_t>(g.type)};
   for (const auto* v : {&g.src, &g.weights, &g.dst, &g.strides, &g.dilates, &g.pad_l, &g.pad_r})
     key.insert(key.end(), v->begin(), v->end());
   std::lock_guard<std::mutex> lock(mu);
@@ -127,46 +128,47 @@ ffi::Error Run(Kind kind, void* src, void* weights, void* dst, const Geometry& g
   return ffi::Error::Success();
 }
 
-Geometry MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions w,
-                      ffi::AnyBuffer::Dimensions y, ffi::Span<const int64_t> strides,
-                      ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+// The geometry of activations x and y and kernel w, all of one element type (F32 or BF16; the
+// Python side calls with nothing else).
+Geometry MakeGeometry(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, const ffi::AnyBuffer& y,
+                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                      ffi::Span<const int64_t> padding) {
+  auto type = x.element_type() == ffi::DataType::BF16 ? memory::data_type::bf16
+                                                      : memory::data_type::f32;
   // padding: (top, bottom, left, right); dilation as XLA's (1 = none), oneDNN counts from 0.
-  return Geometry{Nchw(x), Oihw(w), Nchw(y), Dims2(strides),
-                  {dilation[0] - 1, dilation[1] - 1}, {padding[0], padding[2]},
+  return Geometry{type, Nchw(x.dimensions()), Oihw(w.dimensions()), Nchw(y.dimensions()),
+                  Dims2(strides), {dilation[0] - 1, dilation[1] - 1}, {padding[0], padding[2]},
                   {padding[1], padding[3]}};
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
-                   ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                   ffi::Span<const int64_t> padding) {
   return Run(kForward, x.untyped_data(), w.untyped_data(), y->untyped_data(),
-             MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, dilation,
-                          padding));
+             MakeGeometry(x, w, *y, strides, dilation, padding));
 }
 
-ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                        ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
-                        ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                        ffi::Span<const int64_t> padding) {
   return Run(kBackwardData, dx->untyped_data(), w.untyped_data(), dy.untyped_data(),
-             MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, dilation,
-                          padding));
+             MakeGeometry(*dx, w, dy, strides, dilation, padding));
 }
 
-ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                           ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> strides,
-                           ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                           ffi::Span<const int64_t> padding) {
   return Run(kBackwardWeights, x.untyped_data(), dw->untyped_data(), dy.untyped_data(),
-             MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, dilation,
-                          padding));
+             MakeGeometry(x, *dw, dy, strides, dilation, padding));
 }
 
 }  // namespace
 
 #define CONV_BINDING                                 \
   ffi::Ffi::Bind()                                   \
-      .Arg<ffi::Buffer<ffi::F32>>()                  \
-      .Arg<ffi::Buffer<ffi::F32>>()                  \
-      .Ret<ffi::Buffer<ffi::F32>>()                  \
+      .Arg<ffi::AnyBuffer>()                         \
+      .Arg<ffi::AnyBuffer>()                         \
+      .Ret<ffi::AnyBuffer>()                         \
       .Attr<ffi::Span<const int64_t>>("strides")     \
       .Attr<ffi::Span<const int64_t>>("dilation")    \
       .Attr<ffi::Span<const int64_t>>("padding")
@@ -174,3 +176,18 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForward, Forward, CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvBackwardData, BackwardData, CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvBackwardWeights, BackwardWeights, CONV_BINDING);
+
+// Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, as oneDNN sees it): elsewhere
+// oneDNN's bfloat16 convolutions are emulated or missing, and XLA's are used.
+extern "C" int JaxcnnNativeBfloat16() {
+  using isa = dnnl::cpu_isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case isa::avx512_core_bf16:
+    case isa::avx512_core_fp16:
+    case isa::avx512_core_amx:
+    case isa::avx512_core_amx_fp16:
+      return 1;
+    default:
+      return 0;
+  }
+}

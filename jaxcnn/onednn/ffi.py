@@ -1,7 +1,8 @@
 """The three oneDNN convolution calls as JAX functions (XLA FFI custom calls on CPU).
 
-Each takes float32 NHWC activations and an HWIO kernel, with explicit strides, padding as
-((top, bottom), (left, right)) and kernel dilation, like `lax.conv_general_dilated`.
+Each takes NHWC activations and an HWIO kernel of one dtype (float32, or bfloat16 where
+`native_bfloat16`), with explicit strides, padding as ((top, bottom), (left, right)) and kernel
+dilation, like `lax.conv_general_dilated`, and returns that dtype.
 """
 from __future__ import annotations
 
@@ -20,9 +21,8 @@ _TARGETS = {"forward": "JaxcnnConvForward", "backward_data": "JaxcnnConvBackward
 
 
 @functools.cache
-def unavailable_reason() -> str | None:
-    """None once the library is built, loaded and its calls registered with XLA; else why not
-    (logged once)."""
+def _library() -> ctypes.CDLL | str:
+    """The library, built, loaded and its calls registered with XLA; else why not (logged once)."""
     try:
         library = ctypes.CDLL(str(build.library_path()))
     except (build.Unavailable, OSError) as e:
@@ -31,7 +31,13 @@ def unavailable_reason() -> str | None:
     for target in _TARGETS.values():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)),
                                     platform="cpu")
-    return None
+    return library
+
+
+def unavailable_reason() -> str | None:
+    """None once the library is built, loaded and registered (on the first call); else why not."""
+    library = _library()
+    return library if isinstance(library, str) else None
 
 
 def available() -> bool:
@@ -39,10 +45,28 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
+@functools.cache
+def native_bfloat16() -> bool:
+    """Whether oneDNN computes bfloat16 natively on this CPU (AVX512-BF16 or AMX), where its
+    bfloat16 convolutions are several times faster than its float32 ones (BENCHMARKS.md)."""
+    return available() and bool(_library().JaxcnnNativeBfloat16())
+
+
+def dtypes() -> tuple:
+    """The dtypes the calls take here: float32 where the library is available, and bfloat16
+    where it is computed natively."""
+    if not available():
+        return ()
+    return (jnp.float32, jnp.bfloat16) if native_bfloat16() else (jnp.float32,)
+
+
 def _call(kind: str, out_shape, a, b, strides, padding, dilation):
     if not available():
         raise RuntimeError(f"oneDNN convolutions are unavailable: {unavailable_reason()}")
-    call = jax.ffi.ffi_call(_TARGETS[kind], jax.ShapeDtypeStruct(out_shape, jnp.float32),
+    if a.dtype != b.dtype or a.dtype not in dtypes():
+        raise TypeError(f"oneDNN convolutions take one of {[jnp.dtype(d).name for d in dtypes()]}"
+                        f" here, not {a.dtype} and {b.dtype}")
+    call = jax.ffi.ffi_call(_TARGETS[kind], jax.ShapeDtypeStruct(out_shape, a.dtype),
                             vmap_method="sequential")
     return call(a, b, strides=np.asarray(strides, np.int64),
                 dilation=np.asarray(dilation, np.int64),

@@ -7,10 +7,10 @@ PyTorch.
 Prints a markdown table: ms per call, forward and forward-backward (gradients of the input and
 the kernel; torch: forward + backward), for the jitted `lax.conv_general_dilated`, the im2col and
 oneDNN forms of `jaxcnn.models.conv_ops` (oneDNN where it is built), the form its "auto" policy
-picks (named in its own column) and a
-channels_last `torch.nn.Conv2d` without bias, timed alternately
-call by call so that all three see the same load; then the machine and the load average around
-each row (`experiments.machine`).
+picks (named in its own column) and a channels_last `torch.nn.Conv2d` without bias, timed
+alternately call by call so that all see the same load (each call also inherits the spinning
+threads of the one before it: compare rows within a column); then the machine and the load
+average around each row (`experiments.machine`).
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ On this project's CPU, oneDNN's convolutions (the kernels PyTorch runs; `jaxcnn.
 through XLA's FFI) ran 1.3–4× faster than XLA:CPU's forward, input gradient and kernel gradient
 on most zoo shapes in float32, and "auto" takes them wherever they are built; on CPUs that compute
 bfloat16 natively (AMX, AVX512-BF16) it takes them for bfloat16 too, where oneDNN's AMX kernels
-ran 3–10× faster than its float32 ones and XLA:CPU's bfloat16 convolution was slower than its
-float32 one (BENCHMARKS.md). XLA:CPU's convolution is also
+ran 3–10× faster than its float32 ones and the zoo's bfloat16 programs with XLA's convolutions
+ran slower than in float32 (BENCHMARKS.md). XLA:CPU's convolution is also
 pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2 maps runs ~35× slower than
 the same conv written as a matmul: im2col, which beats oneDNN there too); where oneDNN is not built,
 two more forms stand in for it: one-channel inputs (LeNet's grayscale first conv: an elementwise

@@ -126,14 +126,18 @@ def test_onednn_form_refuses_what_it_does_not_compute(what, x_shape, w_shape, kw
 
 @needs_onednn
 def test_the_calls_refuse_a_dtype_the_library_does_not_take():
-    """The handlers read every buffer as float32 unless it is bfloat16: anything else must not
-    reach them."""
+    """Anything but float32 or bfloat16 of one type is refused before it reaches oneDNN."""
     x, w = jnp.ones((2, 6, 6, 4), jnp.float16), jnp.ones((3, 3, 4, 4), jnp.float16)
     with pytest.raises(TypeError, match="not float16 and float16"):
         ffi.forward(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1))
     with pytest.raises(TypeError, match="not float32 and bfloat16"):
         ffi.backward_weights(x.astype(jnp.float32), x.astype(jnp.bfloat16), w.shape, (1, 1),
                              ((1, 1), (1, 1)), (1, 1))
+    # and the handlers themselves, called past that check, refuse instead of misreading memory
+    raw = jax.ffi.ffi_call("JaxcnnConvForward", jax.ShapeDtypeStruct((2, 6, 6, 4), jnp.float16))
+    with pytest.raises(Exception, match="float32 or bfloat16 buffers of one type"):
+        jax.block_until_ready(raw(x, w, strides=np.array([1, 1]), dilation=np.array([1, 1]),
+                                  padding=np.array([1, 1, 1, 1])))
 
 
 def test_bfloat16_is_refused_where_the_cpu_does_not_compute_it_natively(monkeypatch):

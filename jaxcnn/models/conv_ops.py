@@ -306,8 +306,8 @@ def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers
     out_pixels = math.prod((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
                            zip(in_sizes, padding, dilated, window_strides))
     pointwise = set(window) == {1}
-    if out_pixels > XLA_MAX_OUTPUT_PIXELS and not pointwise and len(window) == 2 and (
-            feature_group_count == 1 and dtype is not None):
+    if (out_pixels > XLA_MAX_OUTPUT_PIXELS and not pointwise and len(window) == 2
+            and feature_group_count == 1):
         if onednn_dtypes is None:
             onednn_dtypes = onednn.dtypes() if jax.device_count() == 1 else ()
         if dtype in onednn_dtypes:

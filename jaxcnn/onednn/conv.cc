@@ -46,6 +46,15 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, const P
       g.pad_l, g.pad_r, attr);
 }
 
+// The plan's primitive from its descriptor, and the kernel layout that primitive uses.
+template <typename Primitive>
+void Finish(Plan& plan, const typename Primitive::primitive_desc& pd,
+            const memory::desc& prim_weights) {
+  plan.prim_weights = prim_weights;
+  plan.scratchpad_bytes = pd.scratchpad_desc().get_size();
+  plan.prim = Primitive(pd);
+}
+
 std::unique_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
   auto plan = std::make_unique<Plan>();
   plan->src = memory::desc(g.src, g.type, tag::nhwc);
@@ -56,23 +65,17 @@ std::unique_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
   auto fwd = ForwardDesc(g, *plan, attr);
   auto any_w = memory::desc(g.weights, g.type, tag::any);
   if (kind == kForward) {
-    plan->prim_weights = fwd.weights_desc();
-    plan->scratchpad_bytes = fwd.scratchpad_desc().get_size();
-    plan->prim = dnnl::convolution_forward(fwd);
+    Finish<dnnl::convolution_forward>(*plan, fwd, fwd.weights_desc());
   } else if (kind == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, plan->src, any_w, plan->dst, g.strides,
         g.dilates, g.pad_l, g.pad_r, fwd, attr);
-    plan->prim_weights = pd.weights_desc();
-    plan->scratchpad_bytes = pd.scratchpad_desc().get_size();
-    plan->prim = dnnl::convolution_backward_data(pd);
+    Finish<dnnl::convolution_backward_data>(*plan, pd, pd.weights_desc());
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, plan->src, any_w, plan->dst, g.strides,
         g.dilates, g.pad_l, g.pad_r, fwd, attr);
-    plan->prim_weights = pd.diff_weights_desc();
-    plan->scratchpad_bytes = pd.scratchpad_desc().get_size();
-    plan->prim = dnnl::convolution_backward_weights(pd);
+    Finish<dnnl::convolution_backward_weights>(*plan, pd, pd.diff_weights_desc());
   }
   return plan;
 }
@@ -128,38 +131,40 @@ ffi::Error Run(Kind kind, void* src, void* weights, void* dst, const Geometry& g
   return ffi::Error::Success();
 }
 
-// The geometry of activations x and y and kernel w, all of one element type (F32 or BF16; the
-// Python side calls with nothing else).
-Geometry MakeGeometry(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, const ffi::AnyBuffer& y,
-                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
-                      ffi::Span<const int64_t> padding) {
-  auto type = x.element_type() == ffi::DataType::BF16 ? memory::data_type::bf16
-                                                      : memory::data_type::f32;
+// Runs `kind` on activations x and y and kernel w (NHWC / HWIO), which must share one element
+// type, F32 or BF16.
+ffi::Error Call(Kind kind, const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
+                const ffi::AnyBuffer& y, ffi::Span<const int64_t> strides,
+                ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+  ffi::DataType t = x.element_type();
+  if ((t != ffi::DataType::F32 && t != ffi::DataType::BF16) || w.element_type() != t ||
+      y.element_type() != t)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxcnn oneDNN convolutions take float32 or bfloat16 buffers of one type");
+  auto type = t == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
   // padding: (top, bottom, left, right); dilation as XLA's (1 = none), oneDNN counts from 0.
-  return Geometry{type, Nchw(x.dimensions()), Oihw(w.dimensions()), Nchw(y.dimensions()),
-                  Dims2(strides), {dilation[0] - 1, dilation[1] - 1}, {padding[0], padding[2]},
-                  {padding[1], padding[3]}};
+  Geometry g{type, Nchw(x.dimensions()), Oihw(w.dimensions()), Nchw(y.dimensions()),
+             Dims2(strides), {dilation[0] - 1, dilation[1] - 1}, {padding[0], padding[2]},
+             {padding[1], padding[3]}};
+  return Run(kind, x.untyped_data(), w.untyped_data(), y.untyped_data(), g);
 }
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                    ffi::Span<const int64_t> padding) {
-  return Run(kForward, x.untyped_data(), w.untyped_data(), y->untyped_data(),
-             MakeGeometry(x, w, *y, strides, dilation, padding));
+  return Call(kForward, x, w, *y, strides, dilation, padding);
 }
 
 ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                         ffi::Span<const int64_t> padding) {
-  return Run(kBackwardData, dx->untyped_data(), w.untyped_data(), dy.untyped_data(),
-             MakeGeometry(*dx, w, dy, strides, dilation, padding));
+  return Call(kBackwardData, *dx, w, dy, strides, dilation, padding);
 }
 
 ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
                            ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                            ffi::Span<const int64_t> padding) {
-  return Run(kBackwardWeights, x.untyped_data(), dw->untyped_data(), dy.untyped_data(),
-             MakeGeometry(x, *dw, dy, strides, dilation, padding));
+  return Call(kBackwardWeights, x, *dw, dy, strides, dilation, padding);
 }
 
 }  // namespace

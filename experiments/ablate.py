@@ -29,7 +29,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from experiments import cli, launchers, model_flags, sweep_flags
+from experiments import cli, launchers, model_flags, sweep_flags, sweep_store
 from jaxcnn import trainer
 from jaxcnn.ablation import records, report
 from jaxcnn.ablation.spec import Run, Sweep
@@ -139,8 +139,10 @@ def main(argv):
     should_stop = cli.start(argv)
     FLAGS.set_default("workdir", "runs/ablate")
     with cli.user_errors():
-        sweep = sweep_flags.sweep_from_flags()
         sweep_dir = os.path.abspath(FLAGS.workdir)
+        sweep_store.adopt(sweep_dir, worker=FLAGS.run_index is not None, aggregate=FLAGS.aggregate,
+                          listing=FLAGS.list)   # the sweep stored in sweep_dir, if any
+        sweep = sweep_flags.sweep_from_flags()
         sweep.baseline(FLAGS.baseline)
         if FLAGS.run_index is not None:      # one run's worker; its launcher checked the sweep
             runs = sweep.runs()
@@ -158,6 +160,7 @@ def main(argv):
         if todo:
             flagfile = sweep_flags.resolved_flagfile(sweep, sweep_dir)
             launch = launchers.Launch.create(sweep_dir, flagfile)
+            sweep_store.save(sweep_dir, flagfile)
             if FLAGS.launcher == "slurm":
                 return submit(sweep_dir, todo, launch)
             if not launch_local(sweep_dir, todo, launch, should_stop):
@@ -186,7 +189,7 @@ def submit(sweep_dir: str, todo: list[Run], launch) -> None:
                                  resources)
     print(f"submitted {len(todo)} runs as SLURM job array {job} ({launch.directory}/sweep.sbatch)")
     print(f"follow:     squeue -j {job}    (logs: {launch.directory}/logs/{job}_<index>.out)")
-    print(f"aggregate:  python -m experiments.ablate --flagfile={launch.flagfile} --aggregate")
+    print(f"aggregate:  python -m experiments.ablate --workdir={sweep_dir} --aggregate")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,11 @@ def check_configs(sweep: Sweep, sweep_dir: str) -> None:
             raise ValueError(f"configuration {run.config}: {e}") from None
 
 
+def axis_text(axis: Axis) -> str:
+    """The value of the --axis flag that gives `axis`."""
+    return f"{axis.name}={(';' if any(',' in v for v in axis.values) else ',').join(axis.values)}"
+
+
 def resolved_flagfile(sweep: Sweep, sweep_dir: str) -> str:
     """A flagfile that recreates this sweep without the files it was read from: every training,
     model and multi-host flag that was set, the axes, and the absolute sweep directory."""
@@ -86,8 +91,7 @@ def resolved_flagfile(sweep: Sweep, sweep_dir: str) -> str:
         for flag in FLAGS.get_flags_for_module(module.__name__):
             if not flag.using_default_value and flag.name not in ("workdir", "seed"):
                 lines.append(flag.serialize())
-    lines += [f"--axis={a.name}={(';' if any(',' in v for v in a.values) else ',').join(a.values)}"
-              for a in sweep.axes]
+    lines += [f"--axis={axis_text(a)}" for a in sweep.axes]
     lines += [f"--combine={sweep.mode}", f"--seeds={sweep.seeds}",
               f"--workdir={os.path.abspath(sweep_dir)}"]
     if FLAGS.baseline:

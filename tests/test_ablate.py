@@ -1,6 +1,7 @@
 """`experiments.ablate` end to end on LeNet-5 and the embedded digits: one-line errors before
 anything trains, local parallel runs equal to sequential ones, failures recorded and retried,
-an interrupted run resumed, and a job array through a real one-node SLURM."""
+an interrupted run resumed, a sweep's folder alone naming its sweep (sweep.flags), and a job array
+through a real one-node SLURM."""
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import time
 import pytest
 from absl import flags
 
-from experiments import ablate as _ablate, sweep_flags  # noqa: F401  (its flags)
+from experiments import ablate as _ablate, model_flags, sweep_flags, sweep_store  # noqa: F401
 from jaxcnn import trainer
 from jaxcnn.ablation import Sweep, Axis
 
@@ -19,8 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--batch_size=32", "--eval_batch_size=64", "--log_every=2", "--eval_every_epochs=0.1")
 
 
-def ablate(*args, check=None, timeout=600):
-    out = subprocess.run([sys.executable, "-m", "experiments.ablate", *TINY, *args], cwd=REPO,
+def ablate(*args, check=None, timeout=600, tiny=True):
+    out = subprocess.run([sys.executable, "-m", "experiments.ablate", *(TINY if tiny else ()), *args],
+                         cwd=REPO,
                          capture_output=True, text=True, timeout=timeout)
     if check is not None:
         assert out.returncode == check, out.stdout + out.stderr[-3000:]
@@ -141,6 +143,110 @@ def test_a_run_resumes_from_its_checkpoint(parsed_flags, tmp_path):
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 8
     assert result(tmp_path, "factorize=2/seed=0")["steps"] == 8
     assert not (tmp_path / "summary.md").exists()   # run 0 is still pending
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A finished sweep of two configurations, launched once for the tests that read it."""
+    workdir = tmp_path_factory.mktemp("finished") / "sweep"
+    ablate("--axis=norm=none,batch", "--steps=2", f"--workdir={workdir}", check=0)
+    return workdir
+
+
+def tree(directory):
+    """Every file under `directory` with its modification time."""
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(directory) for f in files}
+
+
+def test_the_folder_alone_names_its_sweep(finished_sweep):
+    stored = (finished_sweep / "sweep.flags").read_text()
+    assert "\n--axis=norm=none,batch\n" in stored and "\n--steps=2\n" in stored
+    assert stored.count("# launch: launches/") == 1
+    before = tree(finished_sweep)
+    rows = ("| norm=none | 1 | 0 | 0 |", "| norm=batch | 1 | 0 | 0 |")
+    out = ablate("--aggregate", f"--workdir={finished_sweep}", tiny=False, check=0)
+    summary = (finished_sweep / "summary.md").read_text()
+    assert all(row in summary and row in out.stdout for row in rows) and "| base |" not in summary
+    listed = ablate("--list", f"--workdir={finished_sweep}", tiny=False, check=0).stdout
+    lines = listed.splitlines()
+    assert lines[0].startswith("2 runs: 2 configurations (grid of norm (2)) x 1 seeds")
+    assert [line.split() for line in lines[2:]] == [["0", "0", "finished", "norm=none"],
+                                                    ["1", "0", "finished", "norm=batch"]]
+    for again in ((), ("--retry_failed",)):   # a resubmission: nothing trains, nothing launches
+        out = ablate(*again, f"--workdir={finished_sweep}", tiny=False, check=0)
+        assert "nothing to" in out.stdout and "started" not in out.stdout
+    after = tree(finished_sweep)
+    assert set(after) == set(before)   # no new run, launch or base/ directory
+    assert all(after[f] == t for f, t in before.items() if "summary" not in f and "runs.csv" not in f)
+
+
+def test_a_contradicting_flag_stops_with_one_line_and_writes_nothing(finished_sweep):
+    before = tree(finished_sweep)
+    out = ablate("--axis=norm=batch,lrn", f"--workdir={finished_sweep}", check=1)
+    assert out.stderr == (f"error: {finished_sweep} holds another sweep (stored in "
+                          f"{finished_sweep}/sweep.flags): --axis=norm=batch,lrn (the sweep has "
+                          f"--axis=norm=none,batch; values can only be added after these); name "
+                          f"another --workdir, or leave these flags out to use the stored ones\n")
+    out = ablate("--aggregate", "--axis=factorize=none,2", "--combine=zip", "--steps=3",
+                 f"--workdir={finished_sweep}", check=1)
+    assert len(out.stderr.splitlines()) == 1 and out.stdout == ""
+    for difference in ("--steps=3 (the sweep has --steps=2)",
+                       "--axis=factorize=none,2 (the sweep has no axis factorize; its axes: norm)",
+                       "--combine=zip (the sweep has --combine=grid)"):
+        assert difference in out.stderr
+    assert tree(finished_sweep) == before
+
+
+def test_adding_a_seed_trains_only_the_new_runs(finished_sweep, tmp_path):
+    shutil.copytree(finished_sweep, tmp_path / "sweep")   # another folder: the stored --workdir
+    workdir = tmp_path / "sweep"                           # is not read back
+    finished = [workdir / f"norm={n}/seed=0/result.json" for n in ("none", "batch")]
+    written = [f.stat().st_mtime_ns for f in finished]
+    out = ablate("--seeds=2", f"--workdir={workdir}", tiny=False, check=0)
+    assert f"adding to the sweep in {workdir}: seed(s) 1\n" in out.stdout
+    assert "run 2 started" in out.stdout and "run 3 started" in out.stdout
+    assert "run 0 started" not in out.stdout and "run 1 started" not in out.stdout
+    assert [f.stat().st_mtime_ns for f in finished] == written
+    for n in ("none", "batch"):   # trained with the stored base flags
+        assert result(workdir, f"norm={n}/seed=1")["steps"] == 2
+    summary = (workdir / "summary.md").read_text()
+    assert "| norm=none | 2 | 0 | 0 |" in summary and "| norm=batch | 2 | 0 | 0 |" in summary
+    stored = (workdir / "sweep.flags").read_text()
+    assert "\n--seeds=2\n" in stored and stored.count("# launch: launches/") == 2
+
+
+def test_a_sweep_launched_before_sweep_flags_uses_its_newest_launch(finished_sweep, tmp_path):
+    shutil.copytree(finished_sweep, tmp_path / "sweep")
+    workdir = tmp_path / "sweep"
+    (workdir / "sweep.flags").unlink()
+    out = ablate("--aggregate", f"--workdir={workdir}", tiny=False, check=0)
+    assert "using its newest launch's" in out.stdout
+    assert "| norm=none | 1 | 0 | 0 |" in out.stdout and "| norm=batch | 1 | 0 | 0 |" in out.stdout
+
+
+@pytest.mark.parametrize("args, tiny", [(("--aggregate",), False), (("--aggregate",), True),
+                                        (("--list",), False)])
+def test_a_folder_that_is_no_sweep_is_left_alone(tmp_path, args, tiny):
+    for workdir in (tmp_path, tmp_path / "missing"):
+        out = ablate(*args, f"--workdir={workdir}", tiny=tiny, check=1)
+        assert out.stderr.startswith(f"error: {workdir} ") and len(out.stderr.splitlines()) == 1
+        assert "no sweep.flags and no run records" in out.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_added_axis_values_keep_directories_and_say_which_indices_move(parsed_flags, tmp_path,
+                                                                       capsys):
+    (tmp_path / "sweep.flags").write_text("\n".join(TINY) + "\n--steps=3\n--axis=norm=none,batch\n"
+                                          "--seeds=2\n--workdir=/elsewhere\n--debug\n")
+    parsed_flags("--axis=norm=none,batch,lrn", "--momentum=0.9")   # 0.9: the default
+    sweep_store.adopt(str(tmp_path))
+    said = capsys.readouterr().out
+    assert said.startswith(f"adding to the sweep in {tmp_path}: norm value(s) lrn (2 existing run(s) "
+                           f"keep their directories")
+    assert flags.FLAGS.axis == ["norm=none,batch,lrn"] and flags.FLAGS.seeds == 2
+    assert flags.FLAGS.steps == 3 and not flags.FLAGS.debug and flags.FLAGS.workdir != "/elsewhere"
+    assert not model_flags.was_set("momentum")   # as in the stored sweep
 
 
 def slurm_up() -> bool:

@@ -22,6 +22,8 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.", lo
 flags.DEFINE_bool("distributed_from_env", False, "Multi-host: read the cluster environment (SLURM, ...).")
 flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-host: seconds before a dead peer ends the job.",
                      lower_bound=1)
+flags.DEFINE_integer("coordinator_timeout", 60, "Multi-host: seconds to wait for every process to "
+                     "reach the coordinator before ending with an error.", lower_bound=1)
 flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
 FLAGS = flags.FLAGS
 
@@ -144,6 +146,9 @@ def start_jax(image_size: int) -> None:
                  f"--num_processes={FLAGS.num_processes}")
         if not FLAGS.coordinator_address.rpartition(":")[2].isdigit():
             fail(f"--coordinator_address={FLAGS.coordinator_address} must be HOST:PORT")
+    # A coordinator that does not answer, or a process that never comes, ends the job after
+    # --coordinator_timeout with one line (from a watchdog thread: JAX's wait cannot be interrupted).
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, FLAGS.distributed_from_env,
-                                    FLAGS.heartbeat_timeout)
+                                    FLAGS.heartbeat_timeout, timeout_s=FLAGS.coordinator_timeout,
+                                    on_timeout=fail)

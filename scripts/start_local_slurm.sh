@@ -45,8 +45,28 @@ fi
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 400 /etc/munge/munge.key
 
-pkill -x slurmd 2>/dev/null || true
-pkill -x slurmctld 2>/dev/null || true
+# Stops a daemon started earlier by its pid file (the paths slurm.conf names above), waiting until
+# it is gone: SIGTERM, then SIGKILL after 30 s. A missing pid file, or a stale one (no such
+# process, or its pid now another program's), is only removed. A zombie counts as gone.
+runs() {  # PID NAME: that process exists, runs NAME and is no zombie
+  [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+stop_daemon() {  # NAME PIDFILE
+  local name=$1 pidfile=$2 pid
+  pid=$([ -f "$pidfile" ] && tr -dc 0-9 < "$pidfile" || true)
+  if [ -n "$pid" ] && runs "$pid" "$name"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 300); do runs "$pid" "$name" || break; sleep 0.1; done
+    if runs "$pid" "$name"; then
+      echo "start_local_slurm: $name (pid $pid) still runs 30 s after SIGTERM: SIGKILL" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      while runs "$pid" "$name"; do sleep 0.1; done
+    fi
+  fi
+  rm -f "$pidfile"
+}
+stop_daemon slurmd /run/slurmd.pid
+stop_daemon slurmctld /run/slurmctld.pid
 pgrep -x munged >/dev/null || su -s /bin/sh munge -c munged 2>/dev/null || munged --force
 sleep 1
 slurmctld

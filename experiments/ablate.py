@@ -9,11 +9,17 @@ one of those flags and its values; axes combine as a grid or, with --combine=zip
 trains every configuration with seeds 0..N-1. A sweep file is a flagfile of such lines
 (`experiments/sweeps/`). Runs live in WORKDIR/<flag=value,...>/seed=<S>/.
 
+--pack=K makes jobs of up to K runs that differ only in seed or in packable values (learning
+rate, momentum, l2, weight decay, label smoothing, clipping: `jaxcnn.packing`), each trained as
+one program that fills an accelerator; runs that differ in anything else (model, norm, batch
+size, dropout, ...) go to separate jobs. Every run is still its own run: own directory, records,
+summary rows.
+
 Where the runs execute:
   (default)              --launcher=local: one after another on this machine; --parallel=K runs K
                          at once, each on its share of the GPUs or CPU cores
   --launcher=slurm       submits the runs as one SLURM job array (--slurm_* flags) and returns
-  --run_index=I          trains run I alone, here (what each job of the array does)
+  --run_index=I[,J,..]   trains run I alone (or I, J, ... packed), here (what each job does)
   --aggregate            rewrites WORKDIR/runs.csv, summary.csv, summary.md, summary.png
   --list                 prints the runs with their index and status
 
@@ -30,14 +36,17 @@ import jax
 from absl import app, flags, logging
 
 from experiments import cli, launchers, model_flags, sweep_flags, sweep_store
-from jaxcnn import trainer
+from jaxcnn import checkpoint, packing, trainer
 from jaxcnn.ablation import records, report
 from jaxcnn.ablation.spec import Run, Sweep
-from jaxcnn.config import TrainConfig
 
 flags.DEFINE_bool("list", False, "Print the runs with their index and status, and stop.")
-flags.DEFINE_integer("run_index", None, "Train run I of the sweep alone, in this process "
-                     "(--run_index=$SLURM_ARRAY_TASK_ID).", lower_bound=0)
+flags.DEFINE_list("run_index", None, "Train run I of the sweep alone, in this process "
+                  "(--run_index=$SLURM_ARRAY_TASK_ID), or runs I,J,... packed as one program.")
+flags.DEFINE_integer("pack", 1, "Train up to K runs that differ only in seed or in packable values "
+                     "(learning rate, momentum, l2, weight decay, label smoothing, clipping) as "
+                     "one job, one program (jaxcnn.packing); other axes make separate jobs.",
+                     lower_bound=1)
 flags.DEFINE_bool("aggregate", False, "Rewrite the sweep's runs.csv and summary files, and stop.")
 flags.DEFINE_bool("retry_failed", False, "Train again only the runs recorded as failed.")
 flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "Where the runs execute.")
@@ -67,35 +76,64 @@ def one_line(error: BaseException) -> str:
     return text if isinstance(error, cli.USER_ERRORS) else f"{type(error).__name__}: {text}"
 
 
-def train_run(sweep: Sweep, run: Run, cfg: TrainConfig, sweep_dir: str, should_stop) -> None:
-    """Trains one run (configured by `cfg`) and records its result or its failure; the last run
-    to finish rewrites the sweep's report."""
-    if records.read(sweep_dir, run).status == records.FINISHED:
-        print(f"run {run.index} ({run.directory}) is finished: nothing to do")
+def train_runs(sweep: Sweep, runs: list[Run], sweep_dir: str, should_stop) -> None:
+    """Trains runs of the sweep (several: packed as one program) and records each one's result
+    or failure; the last run to finish rewrites the sweep's report."""
+    todo = []
+    for run in runs:
+        if records.read(sweep_dir, run).status == records.FINISHED:
+            print(f"run {run.index} ({run.directory}) is finished: nothing to do")
+        else:
+            todo.append(run)
+    if not todo:
         return
+    cfgs = [sweep_flags.run_config(run, sweep_dir) for run in todo]
     writes = jax.process_index() == 0
-    if writes:
-        records.clear_failure(sweep_dir, run)
-    logging.info("run %d of %d: %s, seed %d, in %s", run.index, len(sweep.runs()), run.config,
-                 run.seed, cfg.workdir)
-    try:
-        state, metrics = trainer.train_and_evaluate(cfg, should_stop)
-    except Exception as e:   # whatever went wrong is this run's failure; the others go on
+    for run, cfg in zip(todo, cfgs):
         if writes:
-            records.write_failure(sweep_dir, run, one_line(e))
+            records.clear_failure(sweep_dir, run)
+        logging.info("run %d of %d: %s, seed %d, in %s", run.index, len(sweep.runs()), run.config,
+                     run.seed, cfg.workdir)
+    try:
+        members = trainer.train_members(cfgs, should_stop)
+    except Exception as e:   # whatever went wrong is these runs' failure; the others go on
+        if writes:
+            for run in todo:
+                records.write_failure(sweep_dir, run, one_line(e))
         if FLAGS.debug:
             raise
-        cli.fail(f"run {run.index} ({run.directory}) failed: {one_line(e)}")
-    if metrics.get("preempted"):
-        print(f"run {run.index} stopped at step {metrics['step']} with a checkpoint of it: run it "
-              f"again to resume")
+        cli.fail(f"run {', '.join(str(r.index) for r in todo)} ({todo[0].directory}"
+                 f"{' and others' if len(todo) > 1 else ''}) failed: {one_line(e)}")
+    if any(m.result.get("preempted") for m in members):
+        print(f"run {', '.join(str(r.index) for r in todo)} stopped at step "
+              f"{members[0].result['step']} with a checkpoint: run again to resume")
         sys.exit(should_stop.exit_status)
+    failed = [(run, m.failure) for run, m in zip(todo, members) if m.failure]
     if writes:
-        result = records.write_result(run, cfg, state, metrics)
-        print(f"run {run.index} ({run.directory}): test top-1 {100 * result['top1']:.2f}%")
+        for run, member in zip(todo, members):
+            if member.failure:
+                records.write_failure(sweep_dir, run, member.failure)
+                continue
+            result = records.write_result(run, member.cfg, member.state, member.result)
+            print(f"run {run.index} ({run.directory}): test top-1 {100 * result['top1']:.2f}%")
         if all(r.status != records.PENDING for r in report.read_records(sweep_dir, sweep)):
             report.write(sweep_dir, sweep, FLAGS.baseline)
             print(f"all runs recorded: {sweep_dir}/summary.md")
+    if failed:
+        cli.fail("; ".join(f"run {run.index} ({run.directory}) failed: {why}"
+                           for run, why in failed))
+
+
+def pack_runs(todo: list[Run], sweep_dir: str, size: int) -> list[tuple[Run, ...]]:
+    """The runs to launch as jobs of at most `size` runs each: runs that `jaxcnn.packing` can
+    train as one program and whose checkpoints (if any) are at one step share a job."""
+    groups: dict = {}
+    for run in todo:
+        cfg = sweep_flags.run_config(run, sweep_dir)
+        key = (packing.key(cfg), checkpoint.saved_steps(os.path.join(cfg.workdir, "checkpoints")))
+        groups.setdefault(key, []).append(run)
+    return [tuple(runs[i:i + size]) for runs in groups.values()
+            for i in range(0, len(runs), size)]
 
 
 def print_runs(sweep: Sweep, sweep_dir: str) -> None:
@@ -106,6 +144,11 @@ def print_runs(sweep: Sweep, sweep_dir: str) -> None:
     print(f"{'index':>5}  {'seed':>4}  {'status':<8}  configuration")
     for r in runs:
         print(f"{r.run.index:>5}  {r.run.seed:>4}  {r.status:<8}  {r.run.config}")
+    if FLAGS.pack > 1:
+        jobs = pack_runs(runs_to_launch(sweep, sweep_dir), sweep_dir, FLAGS.pack)
+        print(f"--pack={FLAGS.pack}: {len(jobs)} jobs for the runs to launch")
+        for k, job in enumerate(jobs):
+            print(f"{k:>5}  runs {','.join(str(r.index) for r in job)}")
 
 
 def runs_to_launch(sweep: Sweep, sweep_dir: str) -> list[Run]:
@@ -113,11 +156,15 @@ def runs_to_launch(sweep: Sweep, sweep_dir: str) -> list[Run]:
     return [r.run for r in report.read_records(sweep_dir, sweep) if r.status == wanted]
 
 
-def launch_local(sweep_dir: str, todo: list[Run], launch, should_stop) -> bool:
-    runs = {run.index: run for run in todo}
+def launch_local(sweep_dir: str, jobs: list[tuple[Run, ...]], launch, should_stop) -> bool:
+    runs = {run.index: run for job in jobs for run in job}
 
-    def on_exit(index: int, status: int, log: str) -> None:
-        run = runs[index]
+    def on_exit(indices: tuple[int, ...], status: int, log: str) -> None:
+        for index in indices:
+            report_exit(runs[index], status, log)
+
+    def report_exit(run: Run, status: int, log: str) -> None:
+        index = run.index
         record = records.read(sweep_dir, run)
         if status != 0 and record.status != records.FAILED:   # killed before it could say why
             how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
@@ -131,8 +178,9 @@ def launch_local(sweep_dir: str, todo: list[Run], launch, should_stop) -> bool:
             said = "stopped with a checkpoint"
         print(f"run {index} ({run.directory}) {said}", flush=True)
 
-    jobs = [(run.index, os.path.join(sweep_dir, run.directory, "job.log")) for run in todo]
-    return launchers.run_local(launch, jobs, FLAGS.parallel, should_stop, on_exit)
+    return launchers.run_local(
+        launch, [(tuple(r.index for r in job), os.path.join(sweep_dir, job[0].directory, "job.log"))
+                 for job in jobs], FLAGS.parallel, should_stop, on_exit)
 
 
 def main(argv):
@@ -144,15 +192,14 @@ def main(argv):
                           listing=FLAGS.list)   # the sweep stored in sweep_dir, if any
         sweep = sweep_flags.sweep_from_flags()
         sweep.baseline(FLAGS.baseline)
-        if FLAGS.run_index is not None:      # one run's worker; its launcher checked the sweep
+        if FLAGS.run_index is not None:      # one job's worker; its launcher checked the sweep
             runs = sweep.runs()
-            if FLAGS.run_index >= len(runs):
-                raise ValueError(f"--run_index={FLAGS.run_index}: this sweep has runs 0 to "
-                                 f"{len(runs) - 1}")
-            run = runs[FLAGS.run_index]
-            cfg = sweep_flags.run_config(run, sweep_dir)
-            cli.start_jax(cfg.data.image_size)
-            return train_run(sweep, run, cfg, sweep_dir, should_stop)
+            if not all(i.isdigit() and int(i) < len(runs) for i in FLAGS.run_index):
+                raise ValueError(f"--run_index={','.join(FLAGS.run_index)}: this sweep has runs "
+                                 f"0 to {len(runs) - 1}")
+            runs = [runs[int(i)] for i in FLAGS.run_index]
+            cli.start_jax(sweep_flags.run_config(runs[0], sweep_dir).data.image_size)
+            return train_runs(sweep, runs, sweep_dir, should_stop)
         sweep_flags.check_configs(sweep, sweep_dir)
         if FLAGS.list:
             return print_runs(sweep, sweep_dir)
@@ -161,9 +208,10 @@ def main(argv):
             flagfile = sweep_flags.resolved_flagfile(sweep, sweep_dir)
             launch = launchers.Launch.create(sweep_dir, flagfile)
             sweep_store.save(sweep_dir, flagfile)
+            jobs = pack_runs(todo, sweep_dir, FLAGS.pack) if FLAGS.pack > 1 else [(r,) for r in todo]
             if FLAGS.launcher == "slurm":
-                return submit(sweep_dir, todo, launch)
-            if not launch_local(sweep_dir, todo, launch, should_stop):
+                return submit(sweep_dir, jobs, launch)
+            if not launch_local(sweep_dir, jobs, launch, should_stop):
                 print("stopped: the running runs checkpointed; run the same command again to "
                       "resume")
                 sys.exit(should_stop.exit_status)
@@ -179,15 +227,18 @@ def main(argv):
                  f"--retry_failed trains them again")
 
 
-def submit(sweep_dir: str, todo: list[Run], launch) -> None:
+def submit(sweep_dir: str, jobs: list[tuple[Run, ...]], launch) -> None:
     resources = launchers.SlurmResources(
         partition=FLAGS.slurm_partition, gpus_per_run=FLAGS.slurm_gpus_per_run,
         cpus_per_run=FLAGS.slurm_cpus_per_run, nodes_per_run=FLAGS.slurm_nodes_per_run,
         time=FLAGS.slurm_time, max_running=FLAGS.slurm_max_running,
         extra=tuple(FLAGS.slurm_sbatch))
-    job = launchers.submit_slurm(launch, [r.index for r in todo], os.path.basename(sweep_dir),
-                                 resources)
-    print(f"submitted {len(todo)} runs as SLURM job array {job} ({launch.directory}/sweep.sbatch)")
+    job = launchers.submit_slurm(launch, [tuple(r.index for r in j) for j in jobs],
+                                 os.path.basename(sweep_dir), resources)
+    runs = sum(len(j) for j in jobs)
+    print(f"submitted {runs} runs as SLURM job array {job}"
+          f"{f' of {len(jobs)} packed jobs' if len(jobs) < runs else ''} "
+          f"({launch.directory}/sweep.sbatch)")
     print(f"follow:     squeue -j {job}    (logs: {launch.directory}/logs/{job}_<index>.out)")
     print(f"aggregate:  python -m experiments.ablate --workdir={sweep_dir} --aggregate")
 

@@ -2,7 +2,7 @@
 
     python -m experiments.benchmark --model=alexnet --batch_size=32 --image_size=224 \\
         --num_batches=100 --burn_in=10 [--dtype=bfloat16] [--modes=forward,forward_backward]
-        [--json] [--notorch] [--norm=batch --factorize=all --conv_impl=xla ...]
+        [--pack=2,4,8] [--json] [--notorch] [--norm=batch --factorize=all --conv_impl=xla ...]
 
 Prints, per mode, seconds per batch (mean ± sd over the timed batches), images/s, compile time,
 FLOPs per image (analytic and XLA's), TFLOP/s and MFU; with torch, the same mode of the plain
@@ -35,6 +35,9 @@ flags.DEFINE_integer("image_size", None, "square input side; default: the model'
                      lower_bound=1)
 flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
 flags.DEFINE_integer("seed", 0, "seed of the images and parameters")
+flags.DEFINE_list("pack", ["1"], "K[,K...]: also time the train step of K members packed as one "
+                  "program (jaxcnn.packing), each on its own batch of --batch_size; images/s are "
+                  "of all members together, 'member' of one")
 FLAGS = flags.FLAGS
 FLAGS.set_default("model", "alexnet")
 
@@ -81,14 +84,15 @@ def torch_twin(name: str, image_shape: tuple[int, int, int]) -> TorchTwin | None
 
 def table(header: str, rows: list[dict]) -> str:
     lines = [header, f"{'mode':<17}{'impl':<8}{'compile s':>10}{'s/batch mean ± sd':>24}"
-                     f"{'images/s':>11}{'TFLOP/s':>9}{'MFU':>7}"]
+                     f"{'images/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'member img/s':>14}"]
     for row in rows:
         mfu = "-" if row.get("mfu") is None else f"{100 * row['mfu']:.1f}%"
         compile_s = "-" if row.get("compile_s") is None else f"{row['compile_s']:.1f}"
         tflops = "-" if row.get("tflops") is None else f"{row['tflops']:.3f}"
-        lines.append(f"{row['mode']:<17}{row['impl']:<8}{compile_s:>10}"
+        mode = row["mode"] + (f" K={row['pack']}" if row.get("pack", 1) > 1 else "")
+        lines.append(f"{mode:<17}{row['impl']:<8}{compile_s:>10}"
                      f"{row['mean_s']:>13.4f} ± {row['std_s']:<8.4f}{row['images_per_s']:>11.1f}"
-                     f"{tflops:>9}{mfu:>7}")
+                     f"{tflops:>9}{mfu:>7}{row['member_images_per_s']:>14.1f}")
         if row["impl"] == "torch":
             mark = "" if row["reliable"] else " UNRELIABLE (machine under load)"
             lines.append(f"{'':<17}jaxcnn / torch = {row['ratio']:.2f}x{mark}, load average "
@@ -113,16 +117,20 @@ def run():
     host_memory.reuse_freed_memory_for(image_shape[0])     # as the training job does
     twin = torch_twin(FLAGS.model, image_shape) if FLAGS.torch else None
     rows = []
-    for mode in FLAGS.modes:
+    packs = [int(k) for k in FLAGS.pack]
+    if any(k < 1 for k in packs):
+        raise ValueError(f"--pack takes positive member counts, got {','.join(FLAGS.pack)}")
+    for mode, pack in [(m, 1) for m in FLAGS.modes] + [("train_step", k) for k in packs if k > 1]:
         compiled = benchmark.compile_mode(model, image_shape, FLAGS.batch_size, mode, FLAGS.seed,
-                                          input_dtype=dtype)
-        calls = [compiled.call] + ([twin.make_step(image_shape=image_shape, mode=mode)] if twin else [])
+                                          input_dtype=dtype, pack=pack)
+        twin_step = twin and pack == 1 and twin.make_step(image_shape=image_shape, mode=mode)
+        calls = [compiled.call] + ([twin_step] if twin_step else [])
         load_before, others = os.getloadavg(), machine.OtherProcesses().start()
         seconds = benchmark.time_calls(*calls, burn_in=FLAGS.burn_in, num_batches=FLAGS.num_batches)
         load = machine.load_check(load_before, os.getloadavg(), os.cpu_count(), others.stop())
         timing = compiled.timing(seconds[0])
         rows.append({**timing.as_dict(), "impl": "jaxcnn", **load})
-        if twin:
+        if twin_step:
             torch_timing = compiled.timing(seconds[1])
             rows.append({**torch_timing.as_dict(), "impl": "torch", "compile_s": None,
                          "xla_flops": None, "ratio": timing.mean_s / torch_timing.mean_s, **load})

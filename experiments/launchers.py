@@ -1,5 +1,6 @@
 """Where a sweep's runs execute. Each run is one job, `python -m experiments.ablate
---flagfile=LAUNCH/sweep.flags --run_index=I`, run from a snapshot of the code taken at launch
+--flagfile=LAUNCH/sweep.flags --run_index=I` (with --pack, several runs one job, `--run_index=I,J`),
+run from a snapshot of the code taken at launch
 (`LAUNCH/code`, as pycls's sweep launcher does), so that a queued job trains the code that was
 submitted, not whatever the checkout holds when the job starts.
 
@@ -47,13 +48,14 @@ class Launch:
     def flagfile(self) -> str:
         return os.path.join(self.directory, "sweep.flags")
 
-    def command(self, index: int | None, extra: tuple[str, ...] = ()) -> list[str]:
-        """The job's command line (without --run_index when `index` is None). `-P` keeps the
-        working directory off sys.path, so the snapshot on PYTHONPATH is imported even when the
-        job starts in the checkout."""
+    def command(self, indices: tuple[int, ...] | None, extra: tuple[str, ...] = ()) -> list[str]:
+        """The job's command line for runs `indices` (one run, or several packed; without
+        --run_index when None). `-P` keeps the working directory off sys.path, so the snapshot
+        on PYTHONPATH is imported even when the job starts in the checkout."""
         command = [sys.executable, "-P", "-m", "experiments.ablate", f"--flagfile={self.flagfile}",
                    *extra]
-        return command if index is None else [*command, f"--run_index={index}"]
+        return command if indices is None else [*command,
+                                                f"--run_index={','.join(map(str, indices))}"]
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": os.path.join(self.directory, "code")}
@@ -94,10 +96,11 @@ def device_shares(parallel: int) -> list[Share]:
     return [Share(gpus=c) if gpus else Share(cores=c) for c in chunks]
 
 
-def run_local(launch: Launch, jobs: list[tuple[int, str]], parallel: int,
-              should_stop: Callable[[], bool], on_exit: Callable[[int, int, str], None]) -> bool:
-    """Runs `jobs` ((run index, log file) pairs) `parallel` at a time, each on its own share of the
-    devices; `on_exit(index, exit status, log file)` as each ends. A stop request (SIGTERM) is passed
+def run_local(launch: Launch, jobs: list[tuple[tuple[int, ...], str]], parallel: int,
+              should_stop: Callable[[], bool],
+              on_exit: Callable[[tuple[int, ...], int, str], None]) -> bool:
+    """Runs `jobs` ((run indices, log file) pairs) `parallel` at a time, each on its own share of
+    the devices; `on_exit(indices, exit status, log file)` as each ends. A stop request (SIGTERM) is passed
     on to the running jobs, which checkpoint and exit; no new job starts. Returns False if stopped."""
     free, queue, running = device_shares(parallel), list(jobs), {}
     stopping = False
@@ -119,7 +122,7 @@ def run_local(launch: Launch, jobs: list[tuple[int, str]], parallel: int,
             with open(log, "ab") as out:
                 process = subprocess.Popen([*pin, *launch.command(index)], env=env, stdout=out,
                                            stderr=subprocess.STDOUT)
-            print(f"run {index} started on {share} (log: {log})", flush=True)
+            print(f"run {','.join(map(str, index))} started on {share} (log: {log})", flush=True)
             running[process.pid] = (process, index, log, share)
         time.sleep(0.2)
         for pid, (process, index, log, share) in list(running.items()):
@@ -143,8 +146,13 @@ class SlurmResources:
     extra: tuple[str, ...] = ()       # further sbatch options, e.g. "--account=lab"
 
 
-def sbatch_script(launch: Launch, indices: list[int], name: str, res: SlurmResources) -> str:
-    array = ",".join(map(str, indices)) + (f"%{res.max_running}" if res.max_running else "")
+def sbatch_script(launch: Launch, jobs: list[tuple[int, ...]], name: str,
+                  res: SlurmResources) -> str:
+    """One array task per job: task I trains run I, or, when runs are packed, task k trains the
+    runs of the k-th job (the script's `jobs` list)."""
+    packed = any(len(job) > 1 for job in jobs)
+    tasks = range(len(jobs)) if packed else [job[0] for job in jobs]
+    array = ",".join(map(str, tasks)) + (f"%{res.max_running}" if res.max_running else "")
     options = [f"--job-name={name}", f"--array={array}",
                f"--output={os.path.join(launch.directory, 'logs', '%A_%a.out')}",
                f"--nodes={res.nodes_per_run}", "--ntasks-per-node=1",
@@ -164,20 +172,27 @@ def sbatch_script(launch: Launch, indices: list[int], name: str, res: SlurmResou
         command = "srun " + shlex.join(launch.command(None, ("--distributed_from_env",)))
     else:
         command = "exec " + shlex.join(launch.command(None))
-    command += ' --run_index="$SLURM_ARRAY_TASK_ID"'
+    if packed:
+        command += ' --run_index="${jobs[$SLURM_ARRAY_TASK_ID]}"'
+        listing = [f"jobs=({' '.join(','.join(map(str, job)) for job in jobs)})   "
+                   f"# the runs each array task trains packed"]
+    else:
+        command += ' --run_index="$SLURM_ARRAY_TASK_ID"'
+        listing = []
     return "\n".join(["#!/bin/bash", *(f"#SBATCH {o}" for o in options), "",
                       f"cd {shlex.quote(os.getcwd())}",
                       f"export PYTHONPATH={shlex.quote(os.path.join(launch.directory, 'code'))}",
-                      command, ""])
+                      *listing, command, ""])
 
 
-def submit_slurm(launch: Launch, indices: list[int], name: str, res: SlurmResources) -> str:
+def submit_slurm(launch: Launch, jobs: list[tuple[int, ...]], name: str,
+                 res: SlurmResources) -> str:
     """Writes LAUNCH/sweep.sbatch and submits it; returns the array's job id at once."""
     if shutil.which("sbatch") is None:
         raise ValueError("--launcher=slurm: sbatch is not on PATH (run this on a SLURM login node)")
     path = os.path.join(launch.directory, "sweep.sbatch")
     with open(path, "w") as f:
-        f.write(sbatch_script(launch, indices, name, res))
+        f.write(sbatch_script(launch, jobs, name, res))
     os.makedirs(os.path.join(launch.directory, "logs"), exist_ok=True)
     out = subprocess.run(["sbatch", "--parsable", path], capture_output=True, text=True)
     if out.returncode != 0:

@@ -6,11 +6,13 @@ on the device once, so no host transfer is timed. Modes:
 - forward: eval-mode logits;
 - forward_backward: gradients of the L2 loss `sum(logits**2) / 2` (`tf.nn.l2_loss`) with respect
   to every parameter, in train mode (dropout, batch statistics), as the articles do;
-- train_step: a full optimiser step, `jaxcnn.train.train_step`.
+- train_step: a full optimiser step, `jaxcnn.train.train_step`; with `pack=K`, one step of K
+  members packed as one program (`jaxcnn.packing.train_step`), each on its own batch.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable
@@ -20,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import optim, train, xla_options
-from jaxcnn.config import OptimConfig
+from jaxcnn import optim, packing, train, xla_options
+from jaxcnn.config import DataConfig, OptimConfig, TrainConfig
 
 MODES = ("forward", "forward_backward", "train_step")
 BACKWARD_COST = 3   # model FLOPs of forward + backward = 3 × forward (the backward is two matmuls)
@@ -41,7 +43,7 @@ class Timing:
     """One mode's result. FLOPs are per image: `model_flops` from the analytic conv/dense count
     (2 × MACs, × 3 with the backward), `xla_flops` from XLA's cost analysis of the compiled step."""
     mode: str
-    batch_size: int
+    batch_size: int               # of one member
     compile_s: float
     mean_s: float
     std_s: float
@@ -49,9 +51,15 @@ class Timing:
     model_flops: float
     xla_flops: float | None
     peak_flops: float | None
+    pack: int = 1                 # members trained as one program (train_step only)
 
     @property
     def images_per_s(self) -> float:
+        """Of all members together."""
+        return self.pack * self.batch_size / self.mean_s
+
+    @property
+    def member_images_per_s(self) -> float:
         return self.batch_size / self.mean_s
 
     @property
@@ -65,7 +73,8 @@ class Timing:
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "images_per_s": self.images_per_s,
-                "tflops": self.tflops, "mfu": self.mfu}
+                "member_images_per_s": self.member_images_per_s, "tflops": self.tflops,
+                "mfu": self.mfu}
 
 
 def peak_flops(device: jax.Device, dtype) -> float | None:
@@ -164,17 +173,28 @@ def compile_step(fn: Callable, args: tuple, compiler_options: dict | None = None
     return compiled, seconds, flops if flops and flops > 0 else None
 
 
-def train_step_and_args(model: nn.Module, images: jax.Array, seed: int = 0) -> tuple[Callable, tuple]:
+def train_step_and_args(model: nn.Module, images: jax.Array, seed: int = 0, pack: int = 1
+                        ) -> tuple[Callable, tuple]:
     """`jaxcnn.train.train_step` with its (state, batch) arguments: SGD with momentum 0.9 at a
-    constant learning rate (the `OptimConfig` defaults), random labels."""
+    constant learning rate (the `OptimConfig` defaults), random labels. pack=K: images
+    [K, B, ...] and `jaxcnn.packing.train_step` of K members (seeds seed..seed+K-1) with its
+    (states, batches, hyperparameters, alive) arguments."""
     cfg = OptimConfig()
-    schedule = optim.learning_rate_schedule(cfg, steps_per_epoch=1, global_batch=len(images),
+    batch_size, image_shape = images.shape[pack > 1], images.shape[1 + (pack > 1):]
+    schedule = optim.learning_rate_schedule(cfg, steps_per_epoch=1, global_batch=batch_size,
                                             total_steps=1)
     tx = optim.create_optimizer(cfg, schedule, steps_per_epoch=1)
     state_key, label_key = jax.random.split(jax.random.key(seed))
-    state = train.create_train_state(state_key, model, images.shape[1:], tx, schedule)
-    labels = jax.random.randint(label_key, (len(images),), 0, model.num_classes)
-    return train.train_step, (state, {"image": images, "label": labels})
+    labels = jax.random.randint(label_key, images.shape[:1 + (pack > 1)], 0, model.num_classes)
+    init = functools.partial(train.create_train_state, model=model, input_shape=image_shape,
+                             tx=tx, lr_fn=schedule)
+    if pack == 1:
+        return train.train_step, (init(state_key), {"image": images, "label": labels})
+    train_cfg = TrainConfig(optim=cfg, data=DataConfig(batch_size=batch_size))
+    state = jax.jit(jax.vmap(init))(jax.random.split(state_key, pack))
+    values = packing.hyperparameter_values([train_cfg] * pack)
+    return (functools.partial(packing.train_step, cfg=train_cfg, steps_per_epoch=1, total_steps=1),
+            (state, {"image": images, "label": labels}, values, jnp.ones(pack, bool)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,26 +207,31 @@ class CompiledMode:
     model_flops: float
     xla_flops: float | None
     peak_flops: float | None
+    pack: int = 1
 
     def timing(self, seconds: np.ndarray) -> Timing:
         return Timing(mode=self.mode, batch_size=self.batch_size, compile_s=self.compile_s,
                       mean_s=float(seconds.mean()), std_s=float(seconds.std()),
                       num_batches=len(seconds), model_flops=self.model_flops,
-                      xla_flops=self.xla_flops, peak_flops=self.peak_flops)
+                      xla_flops=self.xla_flops, peak_flops=self.peak_flops, pack=self.pack)
 
 
 def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int, mode: str,
-                 seed: int = 0, input_dtype=jnp.float32, compiler_options: dict | None = None
-                 ) -> CompiledMode:
+                 seed: int = 0, input_dtype=jnp.float32, compiler_options: dict | None = None,
+                 pack: int = 1) -> CompiledMode:
     """`mode` of `model` compiled for random (batch_size, *image_shape) images made on the device
-    (`compiler_options`: see `compile_step`)."""
+    (`compiler_options`: see `compile_step`); pack=K: K packed members' train step, each member
+    on its own batch."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if pack > 1 and mode != "train_step":
+        raise ValueError(f"packed members are timed in mode train_step only, not {mode}")
     image_key, init_key = jax.random.split(jax.random.key(seed))
-    images = jax.jit(lambda k: 0.1 * jax.random.normal(k, (batch_size, *image_shape), input_dtype)
-                     )(image_key)
+    members = (pack,) if pack > 1 else ()
+    images = jax.jit(lambda k: 0.1 * jax.random.normal(k, (*members, batch_size, *image_shape),
+                                                       input_dtype))(image_key)
     if mode == "train_step":
-        fn, args = train_step_and_args(model, images, seed)
+        fn, args = train_step_and_args(model, images, seed, pack)
     else:
         variables = jax.jit(model.init)(init_key, images[:1])
         fn, args = (forward if mode == "forward" else forward_backward)(model), (variables, images)
@@ -223,8 +248,9 @@ def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size
     return CompiledMode(
         mode=mode, batch_size=batch_size, call=call, compile_s=compile_s,
         model_flops=2 * macs * (1 if mode == "forward" else BACKWARD_COST),
-        xla_flops=None if xla_flops is None else xla_flops / batch_size,
-        peak_flops=peak_flops(images.devices().pop(), getattr(model, "dtype", jnp.float32)))
+        xla_flops=None if xla_flops is None else xla_flops / (batch_size * pack),
+        peak_flops=peak_flops(images.devices().pop(), getattr(model, "dtype", jnp.float32)),
+        pack=pack)
 
 
 def run(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int,

@@ -240,6 +240,14 @@ class Checkpointer:
             self.close()
 
 
+def saved_steps(directory: str) -> tuple[int, ...]:
+    """The steps of the complete checkpoints in `directory`, read from its folder names alone
+    (no Orbax, no JAX): e.g. to tell which runs can resume together."""
+    if not os.path.isdir(directory):
+        return ()
+    return tuple(sorted(int(name) for name in os.listdir(directory) if name.isdigit()))
+
+
 def abstract_like(state: Any) -> Any:
     """Shape/dtype/sharding skeleton of `state`, the restore target Orbax needs."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)

@@ -16,6 +16,27 @@ from jaxcnn.config import OptimConfig
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "discexp", "piecewise", "cosine", "linear", "plateau")
+# Values that change no shape and no program structure: the members of a packed run may differ in
+# them (`jaxcnn.packing`). l2, weight_decay, grad_clip_norm and an sgd momentum switch a part of
+# the chain on at a non-zero value, so members agree on which of them are zero.
+HYPERPARAMETERS = ("learning_rate", "momentum", "l2", "weight_decay", "grad_clip_norm",
+                   "label_smoothing")
+SWITCHES = ("l2", "weight_decay", "grad_clip_norm")
+
+
+def hyperparameters(cfg: OptimConfig) -> dict[str, float]:
+    """The packable values of `cfg`, by name."""
+    return {name: getattr(cfg, name) for name in HYPERPARAMETERS}
+
+
+def structure(cfg: OptimConfig) -> tuple:
+    """What decides the chain's parts and the program: the optimizer, the schedule and every
+    field but the hyperparameters' values, which only say whether a switch is on."""
+    fixed = {k: v for k, v in vars(cfg).items() if k not in HYPERPARAMETERS}
+    on = {name: getattr(cfg, name) > 0 for name in SWITCHES}
+    if cfg.optimizer == "sgd":
+        on["momentum"] = cfg.momentum > 0
+    return tuple(sorted({**fixed, **on}.items()))
 
 
 def kernel_mask(params: Any) -> Any:
@@ -25,9 +46,10 @@ def kernel_mask(params: Any) -> Any:
 
 
 def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, global_batch: int,
-                           total_steps: int) -> optax.Schedule:
-    """Learning rate as a function of the step, with optional linear warm-up in front."""
-    base = cfg.learning_rate
+                           total_steps: int, base: Any = None) -> optax.Schedule:
+    """Learning rate as a function of the step, with optional linear warm-up in front; `base`
+    (default cfg.learning_rate) is its peak, and may be a traced value."""
+    base = cfg.learning_rate if base is None else base
     if cfg.schedule in ("constant", "plateau"):
         schedule = optax.constant_schedule(base)
     elif cfg.schedule == "discexp":
@@ -50,31 +72,34 @@ def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, global_batch:
     return schedule
 
 
-def _direction(cfg: OptimConfig) -> optax.GradientTransformation:
+def _direction(cfg: OptimConfig, momentum: Any) -> optax.GradientTransformation:
     if cfg.optimizer == "sgd":
-        return optax.trace(cfg.momentum) if cfg.momentum else optax.identity()
+        return optax.trace(momentum) if cfg.momentum else optax.identity()
     if cfg.optimizer == "nesterov":
-        return optax.trace(cfg.momentum, nesterov=True)
+        return optax.trace(momentum, nesterov=True)
     if cfg.optimizer in ("adam", "adamw"):
         return optax.scale_by_adam()
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
-def create_optimizer(cfg: OptimConfig, schedule: optax.Schedule,
-                     steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+def create_optimizer(cfg: OptimConfig, schedule: optax.Schedule, steps_per_epoch: int,
+                     values: dict[str, Any] | None = None) -> optax.GradientTransformationExtraArgs:
     """The optax chain described in the module docstring.
 
+    Its parts follow `cfg`; their values are cfg's, or those of `values` (`HYPERPARAMETERS` by
+    name, possibly traced: a packed run's member builds its chain inside the vmapped step).
     With schedule "plateau" the update needs `value=loss`; the loss is averaged over an epoch of
     steps and the learning rate divided by `decay_factor` after `plateau_patience` flat epochs.
     """
+    v = {**hyperparameters(cfg), **(values or {})}
     parts = []
     if cfg.grad_clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+        parts.append(optax.clip_by_global_norm(v["grad_clip_norm"]))
     if cfg.l2 > 0:
-        parts.append(optax.add_decayed_weights(cfg.l2, mask=kernel_mask))
-    parts.append(_direction(cfg))
+        parts.append(optax.add_decayed_weights(v["l2"], mask=kernel_mask))
+    parts.append(_direction(cfg, v["momentum"]))
     if cfg.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=kernel_mask))
+        parts.append(optax.add_decayed_weights(v["weight_decay"], mask=kernel_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
     if cfg.schedule == "plateau":
         parts.append(optax.contrib.reduce_on_plateau(

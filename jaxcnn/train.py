@@ -55,14 +55,19 @@ def all_finite(tree) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+               grad_accum_steps: int = 1, tx: optax.GradientTransformation | None = None,
+               lr_fn: Callable | None = None) -> tuple[TrainState, dict]:
     """One optimizer update on the global batch. A non-finite loss or gradient leaves the state
     unchanged; `nonfinite` in the metrics reports it, so the caller decides whether to stop or go on.
+
+    tx, lr_fn: the optimizer and schedule to use instead of the state's (a packed run's member
+    builds them from its own, traced, hyperparameters: `jaxcnn.packing`).
 
     grad_accum_steps=K > 1 computes the gradient in K micro-batches of B/K examples (see
     `accumulate_gradients`): the same update in less memory, but batch norm normalises each
     micro-batch with its own statistics and updates its running averages K times.
     """
+    tx, lr_fn = tx or state.tx, lr_fn or state.lr_fn
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params, batch_stats, batch, rng):
@@ -80,7 +85,7 @@ def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
     finite = jnp.isfinite(loss) & all_finite(grads)
 
     def update(state):
-        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
         return state.replace(params=optax.apply_updates(state.params, updates),
                              opt_state=opt_state, batch_stats=batch_stats)
 
@@ -90,7 +95,7 @@ def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
     new_state = new_state.replace(step=state.step + 1)
     metrics = {
         **metrics,
-        "learning_rate": optim.current_learning_rate(state.lr_fn, state.opt_state, state.step),
+        "learning_rate": optim.current_learning_rate(lr_fn, state.opt_state, state.step),
         "nonfinite": (~finite).astype(jnp.int32),
         # First step whose update was dropped (int32 max when none): survives summing as a min.
         "first_nonfinite_step": jnp.where(finite, jnp.iinfo(jnp.int32).max, state.step),

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxcnn import checkpoint, data, models, optim, parallel, train, xla_options
+from jaxcnn import checkpoint, data, models, optim, packing, parallel, train, xla_options
 from jaxcnn.models import vgg
 from jaxcnn.config import DataConfig, TrainConfig
 from jaxcnn.metric_writers import MetricWriter
@@ -102,14 +102,20 @@ def check_grad_accum(cfg: TrainConfig, mesh) -> None:
 
 
 def evaluate(eval_step: Callable, state: train.TrainState, data_cfg: DataConfig, sharding) -> dict:
-    """Mean loss and top-1/top-5 accuracy over every test example exactly once."""
+    """Mean loss and top-1/top-5 accuracy over every test example exactly once (numpy values,
+    [K] for the members of a packed state)."""
     sums = None
     for batch in data.eval_batches(data_cfg, sharding):
         out = eval_step(state, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    count = float(sums.pop("count"))
-    return {**{k: float(v) / count for k, v in sums.items()}, "count": count}
+    count = sums.pop("count")
+    return {**{k: v / count for k, v in sums.items()}, "count": count}
+
+
+def member_values(values: dict, k: int, packed: bool) -> dict:
+    """Member k's entries of host values ([K] arrays when packed) as Python numbers."""
+    return {name: (value[k] if packed else value).item() for name, value in values.items()}
 
 
 def evaluation_setup(cfg: TrainConfig, model) -> tuple[DataConfig, Callable | None]:
@@ -135,15 +141,45 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
     checkpointed and the function returns early with {"preempted": True, ...}. In a multi-process
     job it must answer the same on every process; SIGTERM there is handled by JAX's preemption
     sync point, with the same effect.
-    Returns the final state and the last test metrics.
+    Returns the final state and the last test metrics; a non-finite loss under nan_policy "stop"
+    raises NonFiniteLossError.
     """
+    (member,) = train_members([cfg], should_stop)
+    if member.failure:
+        raise NonFiniteLossError(member.failure)
+    return member.state, member.result
+
+
+@dataclasses.dataclass
+class Member:
+    """How one member of `train_members` ended: its final state and last test metrics (with
+    "step", and "preempted" when stopped), or the reason it failed."""
+    cfg: TrainConfig
+    state: train.TrainState | None = None
+    result: dict = dataclasses.field(default_factory=dict)
+    failure: str | None = None
+
+
+def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = lambda: False
+                  ) -> list[Member]:
+    """Trains K configurations that differ only in seed, workdir and hyperparameter values
+    (`jaxcnn.packing.check`) as one program: their states stacked on a leading member axis, the
+    train step mapped over it. Each member resumes from, checkpoints to and writes its metrics and
+    figure into its own workdir, exactly as its standalone run (K = 1: `train_and_evaluate`) does;
+    members resume together from checkpoints of one step. A member whose loss becomes non-finite
+    under nan_policy "stop" keeps its last good checkpoint and fails alone (`Member.failure`)
+    while the others train on.
+    """
+    cfg, packed = configs[0], len(configs) > 1
     if cfg.nan_policy not in NAN_POLICIES:
         raise ValueError(f"unknown nan_policy {cfg.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
-    try:
-        os.makedirs(cfg.workdir, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"workdir {cfg.workdir} is a file or inside one: name a directory "
-                         f"(it is created when missing)") from None
+    packing.check(configs)
+    for member_cfg in configs:
+        try:
+            os.makedirs(member_cfg.workdir, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ValueError(f"workdir {member_cfg.workdir} is a file or inside one: name a "
+                             f"directory (it is created when missing)") from None
 
     # --- Mesh: every device of every process on one "data" axis.
     mesh = parallel.data_mesh()
@@ -156,7 +192,7 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
     info = data.dataset_info(cfg.data)
     sched = Schedule.create(cfg, data.steps_per_epoch(cfg.data, data_sharding))
 
-    # --- Model and optimiser.
+    # --- Model and optimiser (a packed member builds its own from traced values in the step).
     model = models.create(cfg.model.name, info.num_classes, **cfg.model.options)
     eval_data, logits_fn = evaluation_setup(cfg, model)
     input_shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
@@ -164,91 +200,165 @@ def train_and_evaluate(cfg: TrainConfig, should_stop: Callable[[], bool] = lambd
                                          sched.total_steps)
     tx = optim.create_optimizer(cfg.optim, lr_fn, sched.steps_per_epoch)
 
-    # --- Shard: the state is created replicated on every device by one jitted init.
+    # --- Shard: the state is created replicated on every device by one jitted init (mapped over
+    # the members' seeds: each member's state is its standalone run's).
     init = functools.partial(train.create_train_state, model=model, input_shape=input_shape,
                              tx=tx, lr_fn=lr_fn)
-    state = jax.jit(init, out_shardings=replicated)(jax.random.key(cfg.seed))
+    keys = jnp.stack([jax.random.key(c.seed) for c in configs]) if packed else jax.random.key(cfg.seed)
+    state = jax.jit(jax.vmap(init) if packed else init, out_shardings=replicated)(keys)
 
-    # --- Checkpoint: resume from the latest one in the workdir.
-    meta = {"model": cfg.model.name, "model_options": json_safe(cfg.model.options),
-            "num_classes": info.num_classes, "class_names": list(info.class_names),
-            "input_shape": list(input_shape), "dataset": cfg.data.dataset,
-            "augment": cfg.data.augment, "config": json_safe(dataclasses.asdict(cfg))}
-    ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
-    with (checkpoint.Checkpointer(ckpt_dir, cfg.keep_checkpoints, meta) as ckpt,
-          contextlib.closing(MetricWriter(cfg.workdir, sched.total_steps)) as writer,
-          contextlib.closing(StepProfiler(os.path.join(cfg.workdir, "tensorboard"),
-                                          cfg.profile_steps)) as profiler):
-        restored = ckpt.restore_latest(checkpoint.abstract_like(state))
-        if restored is not None:
-            state = restored
-            logging.info("resumed from step %d of %s", int(state.step), ckpt.directory)
-        start_step = int(jax.device_get(state.step))
+    with contextlib.ExitStack() as stack:
+        # --- Checkpoint: each member resumes from the latest checkpoint in its workdir.
+        ckpts = [stack.enter_context(checkpoint.Checkpointer(
+            os.path.join(c.workdir, "checkpoints"), c.keep_checkpoints,
+            checkpoint_meta(c, info, input_shape))) for c in configs]
+        writers = [stack.enter_context(contextlib.closing(
+            MetricWriter(c.workdir, sched.total_steps, console=k == 0)))
+            for k, c in enumerate(configs)]
+        profiler = stack.enter_context(contextlib.closing(
+            StepProfiler(os.path.join(cfg.workdir, "tensorboard"), cfg.profile_steps)))
+        state = restore(ckpts, state, packed)
+        start_step = int(jax.device_get(state.step if not packed else state.step[0]))
 
-        # --- Update: one jitted, donated step over the mesh.
-        train_step = jax.jit(functools.partial(train.train_step,
-                                               label_smoothing=cfg.optim.label_smoothing,
-                                               grad_accum_steps=cfg.optim.grad_accum_steps),
-                             in_shardings=(replicated, data_sharding),
-                             out_shardings=(replicated, replicated), donate_argnums=0,
+        # --- Update: one jitted, donated step over the mesh (and over the members).
+        if packed:
+            step_fn = functools.partial(packing.train_step, cfg=cfg,
+                                        steps_per_epoch=sched.steps_per_epoch,
+                                        total_steps=sched.total_steps)
+            values = jax.device_put(packing.hyperparameter_values(configs), replicated)
+            alive = jax.device_put(jnp.ones(len(configs), bool), replicated)
+            batch_sharding = data.member_sharding(data_sharding)
+            eval_fn = packing.eval_step
+        else:
+            step_fn = functools.partial(train.train_step, label_smoothing=cfg.optim.label_smoothing,
+                                        grad_accum_steps=cfg.optim.grad_accum_steps)
+            batch_sharding, eval_fn = data_sharding, train.eval_step
+        train_step = jax.jit(step_fn, in_shardings=(replicated, batch_sharding) +
+                             (replicated,) * (2 * packed),
+                             out_shardings=(replicated,) * (2 + packed), donate_argnums=0,
                              compiler_options=xla_options.compiler_options())
-        eval_step = jax.jit(functools.partial(train.eval_step, logits_fn=logits_fn),
+        eval_step = jax.jit(functools.partial(eval_fn, logits_fn=logits_fn),
                             in_shardings=(replicated, data_sharding), out_shardings=replicated,
                             compiler_options=xla_options.compiler_options())
         merge = jax.jit(merge_metrics, donate_argnums=0)
 
-        batches = data.train_batches(cfg.data, data_sharding, start_step=start_step)
-        logging.info("%s on %s: %d steps (%d per epoch), global batch %d on %d devices",
+        batches = data.train_batches(cfg.data, data_sharding, start_step=start_step,
+                                     seeds=[c.seed for c in configs] if packed else None)
+        logging.info("%s on %s: %d steps (%d per epoch), global batch %d on %d devices%s",
                      cfg.model.name, cfg.data.dataset, sched.total_steps, sched.steps_per_epoch,
-                     cfg.data.batch_size, mesh.devices.size)
-        writer.start(start_step)
+                     cfg.data.batch_size, mesh.devices.size,
+                     f", {len(configs)} members packed" if packed else "")
+        for writer in writers:
+            writer.start(start_step)
+        members = [Member(c) for c in configs]
+        running = lambda: [k for k, m in enumerate(members) if m.failure is None]
 
         def flush_train_metrics(acc, step, n_steps, seconds):
             acc = jax.device_get(acc)
-            if acc["nonfinite"] > 0:
-                first = int(acc["first_nonfinite_step"])
-                if cfg.nan_policy == "stop":
-                    kept = ckpt.latest_step()
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradient at step {first}; " +
-                        (f"stopped with the last good checkpoint (step {kept}) kept in "
-                         f"{ckpt.directory}" if kept is not None
-                         else f"stopped with no last good checkpoint yet in {ckpt.directory}"))
-                logging.warning("skipped %d non-finite updates (first at step %d)",
-                                int(acc["nonfinite"]), first)
-            means = {k: float(acc[k]) / n_steps for k in ("loss", "top1", "top5", "learning_rate")}
-            means["images_per_s"] = n_steps * cfg.data.batch_size / seconds
-            writer.write("train", step, step / sched.steps_per_epoch, means)
+            for k in running():
+                row = member_values(acc, k, packed)
+                if row["nonfinite"] > 0:
+                    first = int(row["first_nonfinite_step"])
+                    if cfg.nan_policy == "stop":
+                        members[k].failure = nonfinite_failure(first, ckpts[k])
+                        logging.warning("%s: %s", configs[k].workdir, members[k].failure)
+                        continue
+                    logging.warning("%s: skipped %d non-finite updates (first at step %d)",
+                                    configs[k].workdir, int(row["nonfinite"]), first)
+                means = {name: row[name] / n_steps
+                         for name in ("loss", "top1", "top5", "learning_rate")}
+                means["images_per_s"] = n_steps * cfg.data.batch_size / seconds
+                writers[k].write("train", step, step / sched.steps_per_epoch, means)
 
-        result: dict = {}
         acc, acc_steps, tick = None, 0, time.perf_counter()
         for step in range(start_step + 1, sched.total_steps + 1):
-            state, metrics = profiler.run(step, lambda: train_step(state, next(batches)))
+            if packed:
+                state, metrics, alive = profiler.run(
+                    step, lambda: train_step(state, next(batches), values, alive))
+            else:
+                state, metrics = profiler.run(step, lambda: train_step(state, next(batches)))
             acc = metrics if acc is None else merge(acc, metrics)
             acc_steps += 1
             last = step == sched.total_steps
             if step % cfg.log_every == 0 or last or step % sched.eval_every == 0:
                 flush_train_metrics(acc, step, acc_steps, time.perf_counter() - tick)
                 acc, acc_steps = None, 0
+                if not running():
+                    break
             if step % sched.eval_every == 0 or last:
                 result = evaluate(eval_step, state, eval_data, data_sharding)
-                writer.write("test", step, step / sched.steps_per_epoch,
-                             {k: v for k, v in result.items() if k != "count"})
+                for k in running():
+                    members[k].result = member_values(result, k, packed)
+                    writers[k].write("test", step, step / sched.steps_per_epoch,
+                                     {n: v for n, v in members[k].result.items() if n != "count"})
             if step % sched.checkpoint_every == 0 or step % sched.eval_every == 0 or last:
-                ckpt.save(state)
+                save(ckpts, state, running(), packed)
             # Multi-process jobs: JAX's preemption service owns SIGTERM and names one step at which
             # every process stops (False in a single process).
             if should_stop() or multihost_utils.reached_preemption_sync_point(step):
-                ckpt.save(state)
-                logging.warning("stop requested: saved step %d to %s", step, ckpt.directory)
-                draw_curves(cfg)
-                return state, {**result, "preempted": True, "step": step}
+                save(ckpts, state, running(), packed)
+                logging.warning("stop requested: saved step %d to %s", step,
+                                ", ".join(ckpts[k].directory for k in running()))
+                for k in running():
+                    members[k].result = {**members[k].result, "preempted": True, "step": step}
+                break
             if acc_steps == 0:
                 tick = time.perf_counter()
-    if not result:   # resumed a run that had already finished
-        result = evaluate(eval_step, state, eval_data, data_sharding)
-    draw_curves(cfg)
-    return state, {**result, "step": sched.total_steps}
+        else:
+            if running() and not members[running()[0]].result:   # resumed a finished run
+                result = evaluate(eval_step, state, eval_data, data_sharding)
+                for k in running():
+                    members[k].result = member_values(result, k, packed)
+            for k in running():
+                members[k].result = {**members[k].result, "step": sched.total_steps}
+    for k, m in enumerate(members):
+        m.state = packing.member(state, k) if packed else state
+        draw_curves(m.cfg)
+    return members
+
+
+def checkpoint_meta(cfg: TrainConfig, info, input_shape: tuple[int, ...]) -> dict:
+    """What a checkpoint says of its run besides the state: model, classes, data, config."""
+    return {"model": cfg.model.name, "model_options": json_safe(cfg.model.options),
+            "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "input_shape": list(input_shape), "dataset": cfg.data.dataset,
+            "augment": cfg.data.augment, "config": json_safe(dataclasses.asdict(cfg))}
+
+
+def restore(ckpts: list[checkpoint.Checkpointer], state: train.TrainState, packed: bool
+            ) -> train.TrainState:
+    """The members' latest checkpoints (stacked when packed), or `state` where none has one."""
+    if not packed:
+        restored = ckpts[0].restore_latest(checkpoint.abstract_like(state))
+        if restored is not None:
+            logging.info("resumed from step %d of %s", int(restored.step), ckpts[0].directory)
+        return state if restored is None else restored
+    template = checkpoint.abstract_like(packing.member(state, 0))
+    restored = [ckpt.restore_latest(template) for ckpt in ckpts]
+    steps = [None if r is None else int(r.step) for r in restored]
+    if all(s is None for s in steps):
+        return state
+    if len(set(steps)) > 1:
+        raise ValueError("packed members resume together, from checkpoints of one step; these "
+                         "are at steps " + ", ".join(f"{c.directory}: {s}" for c, s in
+                                                     zip(ckpts, steps)))
+    logging.info("resumed %d members from step %d", len(ckpts), steps[0])
+    return jax.device_put(packing.stack(restored), jax.tree.map(lambda x: x.sharding, state))
+
+
+def save(ckpts: list[checkpoint.Checkpointer], state: train.TrainState, members: list[int],
+         packed: bool) -> None:
+    """Checkpoints the given members of `state` (stacked when packed)."""
+    for k in members:
+        ckpts[k].save(packing.member(state, k) if packed else state)
+
+
+def nonfinite_failure(step: int, ckpt: checkpoint.Checkpointer) -> str:
+    kept = ckpt.latest_step()
+    return (f"non-finite loss or gradient at step {step}; " +
+            (f"stopped with the last good checkpoint (step {kept}) kept in {ckpt.directory}"
+             if kept is not None else f"stopped with no last good checkpoint yet in "
+             f"{ckpt.directory}"))
 
 
 def draw_curves(cfg: TrainConfig) -> None:

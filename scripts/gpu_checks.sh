@@ -2,6 +2,8 @@
 # The GPU checks of issue #14 in one run, for a GPU host with JAX, flax, optax, orbax, absl,
 # Pillow and torch but no TensorFlow (as on the H200 of BENCHMARKS.md "GPU"):
 #   1. versions and the GPU;
+#   1b. packed runs first (issue #25): the train step of lenet5, convnet_cifar and vgg_cifar at
+#       K = 1, 2, 4, 8, 16, 32 packed members, float32 and bfloat16 (`--pack`), to bench.jsonl;
 #   2. the quick start under that JAX;
 #   3. `experiments.benchmark` of vgg16 (batch 256, bfloat16 and float32) beside PyTorch on the GPU;
 #   4. vgg16_cifar10_paddle.flags on the real CIFAR-10 folder, --device_resident, to completion
@@ -20,7 +22,7 @@ CIFAR10_TAR=${CIFAR10_TAR:?set CIFAR10_TAR to cifar10_jpg.tar.gz}
 BUDGET_S=${BUDGET_S:-570}
 PADDLE_ARGS=${PADDLE_ARGS:-}
 RESERVE_S=${RESERVE_S:-100}          # kept for the benchmarks after the CIFAR-10 run
-STAGES=${STAGES:-quickstart,bench,paddle}
+STAGES=${STAGES:-pack,quickstart,bench,paddle}
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/jaxcnn_gpu}
 export PYTHONUNBUFFERED=1
@@ -50,6 +52,19 @@ print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 
 import importlib.util
 print('tensorflow importable:', importlib.util.find_spec('tensorflow') is not None)"
   nproc; } >> "$OUT/env.txt" 2>&1
+
+if want pack; then   # first in priority: what packing gains on a GPU
+  for model in "lenet5 32 64 10" "convnet_cifar 24 128 10" "vgg_cifar 32 128 10"; do
+    set -- $model
+    for dtype in float32 bfloat16; do
+      say "packed benchmark $1 $dtype"
+      XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 timeout 150 "$PYTHON" -m experiments.benchmark \
+        --model="$1" --image_size="$2" --batch_size="$3" --num_classes="$4" --dtype="$dtype" \
+        --modes=train_step --pack=2,4,8,16,32 --num_batches=20 --burn_in=3 --notorch --json \
+        >> "$OUT/pack.jsonl" 2>> "$OUT/pack.log" || say "packed benchmark $1 $dtype failed ($?)"
+    done
+  done
+fi
 
 if want quickstart; then
   say "quick start"

@@ -249,6 +249,30 @@ def test_added_axis_values_keep_directories_and_say_which_indices_move(parsed_fl
     assert not model_flags.was_set("momentum")   # as in the stored sweep
 
 
+def test_a_packed_sweep_groups_packable_runs_and_equals_the_unpacked_sweep(tmp_path):
+    """--pack=4 over norm (not packable) x learning rate (packable) x 2 seeds: two jobs of four
+    runs, one per norm, each run the same run as in the unpacked sweep."""
+    sweep = ("--axis=norm=none,batch", "--axis=learning_rate=0.001,0.003", "--seeds=2",
+             "--steps=4")
+    listed = ablate(*sweep, "--pack=4", "--list", f"--workdir={tmp_path / 'packed'}", check=0)
+    assert listed.stdout.splitlines()[-3:] == ["--pack=4: 2 jobs for the runs to launch",
+                                               "    0  runs 0,1,4,5", "    1  runs 2,3,6,7"]
+    packed = ablate(*sweep, "--pack=4", f"--workdir={tmp_path / 'packed'}", check=0)
+    assert packed.stdout.count(" started on ") == 2 and "run 0,1,4,5 started" in packed.stdout
+    unpacked = ablate(*sweep, f"--workdir={tmp_path / 'unpacked'}", check=0)
+    assert unpacked.stdout.count(" started on ") == 8
+    for norm in ("none", "batch"):
+        for lr in ("0.001", "0.003"):
+            for seed in (0, 1):
+                run_dir = f"norm={norm},learning_rate={lr}/seed={seed}"
+                a, b = result(tmp_path / "packed", run_dir), result(tmp_path / "unpacked", run_dir)
+                assert a["steps"] == b["steps"] == 4 and a["seed"] == seed
+                assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert (tmp_path / "packed/summary.md").read_text().count("| 2 | 0 | 0 |") == 4
+    again = ablate("--pack=4", f"--workdir={tmp_path / 'packed'}", check=0)
+    assert "nothing to run" in again.stdout
+
+
 def slurm_up() -> bool:
     if shutil.which("sbatch") is None:
         return False

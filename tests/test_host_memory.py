@@ -83,7 +83,7 @@ if program == "run":
     trainer.train_and_evaluate = lambda config, stop: (None, {})
 else:
     from experiments import ablate as program_module
-    program_module.train_run = lambda *args: None
+    program_module.train_runs = lambda *args: None
 sys.argv = [program, *flags]
 try:
     app.run(program_module.main)

@@ -6,8 +6,9 @@
     device    host batches to global arrays; the device-resident split, augmented on the devices
     pipeline  what the training loop calls (re-exported here)
 """
+from jaxcnn.data.device import member_sharding
 from jaxcnn.data.pipeline import AUGMENTS, eval_batches, steps_per_epoch, train_batches
 from jaxcnn.data.sources import DatasetInfo, dataset_info
 
-__all__ = ["AUGMENTS", "DatasetInfo", "dataset_info", "eval_batches", "steps_per_epoch",
-           "train_batches"]
+__all__ = ["AUGMENTS", "DatasetInfo", "dataset_info", "eval_batches", "member_sharding",
+           "steps_per_epoch", "train_batches"]

@@ -11,9 +11,10 @@ evaluation geometry, so the resize-based augmentations are the tf.data path's al
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,11 +113,21 @@ def steps_per_epoch(num_host_examples: int, cfg: DataConfig, sharding: NamedShar
     return per_device // (cfg.batch_size // data_shards(sharding))
 
 
+def member_sharding(sharding: NamedSharding) -> NamedSharding:
+    """The layout of a packed run's batches [K, B, ...]: members replicated, each member's batch
+    laid out as `sharding` lays out a standalone batch."""
+    return NamedSharding(sharding.mesh, P(None, *sharding.spec))
+
+
 def train_batches(cfg: DataConfig, sharding: NamedSharding, images: np.ndarray, labels: np.ndarray,
-                  start_step: int = 0) -> Iterator[dict]:
+                  start_step: int = 0, seeds: Sequence[int] | None = None) -> Iterator[dict]:
     """Endless training batches from this host's uint8 images [n, H, W, C] and int32 labels [n],
     held on the devices. Step s of epoch e depends only on (cfg.seed, e, s): resuming at
-    `start_step` yields what an uninterrupted run would have."""
+    `start_step` yields what an uninterrupted run would have.
+
+    seeds: a packed run's members. Batches then have a leading member axis [K, B, ...], member
+    k's being the batch of a standalone run with seed seeds[k], gathered from the one copy of the
+    split in the same program as the others'."""
     if cfg.augment not in AUGMENTS:
         raise ValueError(f"device_resident supports augment {' | '.join(AUGMENTS)}, not "
                          f"{cfg.augment!r}: use the tf.data path (device_resident=False)")
@@ -128,47 +139,64 @@ def train_batches(cfg: DataConfig, sharding: NamedSharding, images: np.ndarray, 
     keep = len(labels) // local_shards * local_shards
     images = jax.make_array_from_process_local_data(sharding, images[:keep])
     labels = jax.make_array_from_process_local_data(sharding, labels[:keep])
-    permute = _epoch_permutation_fn(cfg, sharding, keep // local_shards)
-    gather = _batch_fn(cfg, sharding)
+    seeds = None if seeds is None else jnp.asarray(seeds, jnp.int32)
+    permute = _epoch_permutation_fn(cfg, sharding, keep // local_shards, seeds)
+    gather = _batch_fn(cfg, sharding, seeds)
     epoch, step = divmod(start_step, steps)
     for epoch in itertools.count(epoch):
         permutation = permute(epoch)
         for step in range(step, steps):
-            yield gather(images, labels, permutation, step, epoch * steps + step)
+            yield gather(permutation, images, labels, step, epoch * steps + step)
         step = 0
 
 
-def _epoch_permutation_fn(cfg: DataConfig, sharding: NamedSharding, per_device: int):
-    """epoch -> each device's permutation of its `per_device` local indices, one sharded array."""
-    axis = sharding.spec[0]
-    shuffle_key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
+def _for_members(fn, seed: int, seeds: jax.Array | None, spec: P, member_args: int = 0):
+    """`fn(seed, *args)` with the standalone `seed`, or mapped over the members' `seeds` (and
+    over the first `member_args` of args); and the out spec that goes with it."""
+    if seeds is None:
+        return functools.partial(fn, seed), spec
+    in_axes = (0, *[0] * member_args)
+    return (lambda *args: jax.vmap(fn, in_axes + (None,) * (len(args) - member_args))(seeds, *args),
+            P(None, *spec))
 
-    def local_permutation(epoch):
+
+def _epoch_permutation_fn(cfg: DataConfig, sharding: NamedSharding, per_device: int,
+                          seeds: jax.Array | None):
+    """epoch -> each device's permutation of its `per_device` local indices, one sharded array
+    ([K, ...] for the members' `seeds`)."""
+    axis = sharding.spec[0]
+
+    def local_permutation(seed, epoch):
+        shuffle_key = jax.random.fold_in(jax.random.key(seed), 0)
         key = jax.random.fold_in(jax.random.fold_in(shuffle_key, epoch), jax.lax.axis_index(axis))
         return jax.random.permutation(key, per_device)
 
-    return jax.jit(jax.shard_map(local_permutation, mesh=sharding.mesh, in_specs=P(),
-                                 out_specs=P(axis)))
+    fn, out_spec = _for_members(local_permutation, cfg.seed, seeds, P(axis))
+    return jax.jit(jax.shard_map(fn, mesh=sharding.mesh, in_specs=P(), out_specs=out_spec))
 
 
-def _batch_fn(cfg: DataConfig, sharding: NamedSharding):
-    """(images, labels, permutation, step in epoch, global step) -> the step's normalised batch."""
+def _batch_fn(cfg: DataConfig, sharding: NamedSharding, seeds: jax.Array | None):
+    """(permutation, images, labels, step in epoch, global step) -> the step's normalised batch
+    ([K, B, ...] for the members' `seeds`, each with its own permutation)."""
     axis = sharding.spec[0]
     device_batch = cfg.batch_size // data_shards(sharding)
-    augment_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     mean, std = normalization(cfg)
 
-    def local_batch(images, labels, permutation, step, global_step):
+    def local_batch(seed, permutation, images, labels, step, global_step):
         indices = jax.lax.dynamic_slice_in_dim(permutation, step * device_batch, device_batch)
         batch = images[indices]
         if cfg.augment == "cifar":
+            augment_key = jax.random.fold_in(jax.random.key(seed), 1)
             key = jax.random.fold_in(jax.random.fold_in(augment_key, global_step),
                                      jax.lax.axis_index(axis))
             batch = crop_and_flip(batch, *random_crop_flip_params(key, device_batch))
         return {"image": normalize(batch, mean, std), "label": labels[indices]}
 
-    return jax.jit(jax.shard_map(local_batch, mesh=sharding.mesh,
-                                 in_specs=(P(axis), P(axis), P(axis), P(), P()), out_specs=P(axis)))
+    fn, out_spec = _for_members(local_batch, cfg.seed, seeds, P(axis), member_args=1)
+    permutation_spec = P(axis) if seeds is None else P(None, axis)
+    return jax.jit(jax.shard_map(fn, mesh=sharding.mesh,
+                                 in_specs=(permutation_spec, P(axis), P(axis), P(), P()),
+                                 out_specs=out_spec))
 
 
 def eval_batches(cfg: DataConfig, sharding: NamedSharding, images: np.ndarray, labels: np.ndarray,

@@ -15,8 +15,9 @@ entry is the data axis); each process reads only its own slice of the data. Two 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -29,17 +30,28 @@ from jaxcnn.data.sources import Host
 AUGMENTS = ("none", "cifar", "random_resized_crop", "scale_jitter")
 
 
-def train_batches(cfg: DataConfig, sharding: NamedSharding, start_step: int = 0) -> Iterator[dict]:
+def train_batches(cfg: DataConfig, sharding: NamedSharding, start_step: int = 0,
+                  seeds: Sequence[int] | None = None) -> Iterator[dict]:
     """Endless {"image": float32 [B, H, W, C], "label": int32 [B]} global batches from step
-    `start_step` on (B = cfg.batch_size; incomplete batches are dropped)."""
+    `start_step` on (B = cfg.batch_size; incomplete batches are dropped).
+
+    seeds: a packed run's members (`jaxcnn.packing`): batches [K, B, ...], member k's being what a
+    standalone run with seed seeds[k] reads (device-resident: gathered from one copy of the split;
+    streamed: K host pipelines)."""
     _check(cfg)
     host = _this_host()
     if _resident(cfg):
         images, labels = _host_arrays(cfg, "train", host)
-        return device.train_batches(cfg, sharding, images, labels, start_step)
+        return device.train_batches(cfg, sharding, images, labels, start_step, seeds)
     local_batch = device.local_batch_size(cfg.batch_size, sharding)
-    return device.to_device(tf_host.host_train_batches(cfg, host, local_batch, start_step), cfg,
-                            sharding)
+    if seeds is None:
+        return device.to_device(tf_host.host_train_batches(cfg, host, local_batch, start_step),
+                                cfg, sharding)
+    members = [tf_host.host_train_batches(dataclasses.replace(cfg, seed=seed), host, local_batch,
+                                          start_step) for seed in seeds]
+    stacked = ({k: np.stack([b[k] for b in batches]) for k in batches[0]}
+               for batches in zip(*members))
+    return device.to_device(stacked, cfg, device.member_sharding(sharding))
 
 
 def eval_batches(cfg: DataConfig, sharding: NamedSharding) -> Iterator[dict]:

@@ -1,0 +1,188 @@
+"""Packed runs (`jaxcnn.packing`, `trainer.train_members`): every member equals its standalone run
+(parameters, batch statistics, metric rows, test accuracy), reads the standalone run's batches,
+fails alone, and resumes from its own checkpoints. On the suite's 8 fake CPU devices, so each
+member's batch is also sharded over a data axis of 8."""
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+from PIL import Image
+
+from jaxcnn import data, optim, packing, runs, trainer
+from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxcnn.metric_writers import read_metrics
+
+
+def config(workdir, seed=0, **optim_values) -> TrainConfig:
+    base = TrainConfig(model=ModelConfig("lenet5"), data=DataConfig(batch_size=32),
+                       optim=OptimConfig(optimizer="sgd", learning_rate=0.05), steps=24,
+                       log_every=6, eval_every_epochs=0.25, plot=False)
+    return dataclasses.replace(base, seed=seed, workdir=str(workdir),
+                               data=dataclasses.replace(base.data, seed=seed),
+                               optim=dataclasses.replace(base.optim, **optim_values))
+
+
+def with_(cfg: TrainConfig, **changes) -> TrainConfig:
+    """cfg with fields of its model options, data or optim config replaced."""
+    model = changes.pop("model", {})
+    data_changes = {k: changes.pop(k) for k in list(changes) if k in DataConfig.__dataclass_fields__}
+    optim_changes = {k: changes.pop(k) for k in list(changes) if k in OptimConfig.__dataclass_fields__}
+    return dataclasses.replace(
+        cfg, **changes, model=dataclasses.replace(cfg.model, **model),
+        data=dataclasses.replace(cfg.data, **data_changes),
+        optim=dataclasses.replace(cfg.optim, **optim_changes))
+
+
+def assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def assert_rows_close(packed_dir, alone_dir):
+    packed, alone = read_metrics(packed_dir), read_metrics(alone_dir)
+    assert [(r["split"], r["step"]) for r in packed] == [(r["split"], r["step"]) for r in alone]
+    for p, a in zip(packed, alone):
+        for name in ("loss", "top1", "top5"):
+            assert p[name] == pytest.approx(a[name], rel=1e-4, abs=1e-5), (p, a)
+
+
+def check_members_equal_standalone(configs, tmp_path, rtol=1e-4, atol=1e-5):
+    members = trainer.train_members(configs)
+    for member, cfg in zip(members, configs):
+        alone = dataclasses.replace(cfg, workdir=str(tmp_path / "alone" / cfg.workdir.split("/")[-1]))
+        state, result = trainer.train_and_evaluate(alone)
+        assert member.failure is None
+        assert_trees_close(member.state.params, state.params, rtol, atol)
+        assert_trees_close(member.state.batch_stats, state.batch_stats, rtol, atol)
+        assert_trees_close(member.state.opt_state, state.opt_state, rtol, atol)
+        assert member.result["top1"] == result["top1"]
+        assert member.result["step"] == result["step"] == cfg.steps
+        assert_rows_close(cfg.workdir, alone.workdir)
+    return members
+
+
+def test_lenet_members_with_their_seeds_and_learning_rates_equal_standalone_runs(tmp_path):
+    configs = [config(tmp_path / "m0", seed=0, learning_rate=0.05, l2=1e-4),
+               config(tmp_path / "m1", seed=1, learning_rate=0.05, l2=1e-4),
+               config(tmp_path / "m2", seed=0, learning_rate=0.02, momentum=0.5, l2=1e-3)]
+    members = check_members_equal_standalone(configs, tmp_path)
+    # The members really differ: another seed, another learning rate.
+    assert members[0].result["loss"] != members[1].result["loss"] != members[2].result["loss"]
+    lr = [read_metrics(c.workdir)[0]["learning_rate"] for c in configs]
+    assert lr == pytest.approx([0.05, 0.05, 0.02])
+    # Each member is a run like any other.
+    loaded = runs.load(configs[1].workdir)
+    assert loaded.step == 24 and loaded.config.seed == 1
+    assert_trees_close(loaded.variables["params"], members[1].state.params, 0, 0)
+
+
+def test_batch_norm_dropout_cifar_augmentation_and_grad_accumulation_members(tmp_path):
+    """convnet_cifar with batch norm and dropout on crops and flips of the digits, gradients in
+    two micro-batches, members differing in seed, momentum, weight decay, label smoothing and
+    clipping."""
+    def cfg(name, seed, **values):
+        values = {"weight_decay": 1e-4, "grad_clip_norm": 5.0, **values}
+        return with_(config(tmp_path / name, seed, grad_accum_steps=2, **values),
+                     model={"name": "convnet_cifar",
+                            "options": {"norm": "batch", "dropout": 0.3, "width": 8}},
+                     image_size=16, channels=3, augment="cifar", steps=12, log_every=4,
+                     eval_every_epochs=0.5)
+    configs = [cfg("a", 0), cfg("b", 1, momentum=0.8, weight_decay=1e-3),
+               cfg("c", 2, label_smoothing=0.1, grad_clip_norm=0.5, learning_rate=0.1)]
+    members = check_members_equal_standalone(configs, tmp_path)
+    assert jax.tree.leaves(members[0].state.batch_stats)
+
+
+def test_bfloat16_members_equal_standalone_runs(tmp_path):
+    configs = [with_(config(tmp_path / f"m{s}", seed=s), model={"options": {"dtype": "bfloat16"}},
+                     steps=8, log_every=4) for s in (0, 1)]
+    check_members_equal_standalone(configs, tmp_path, rtol=1e-2, atol=1e-3)
+
+
+def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_path):
+    configs = [config(tmp_path / "ok", seed=0),
+               config(tmp_path / "bad", seed=0, learning_rate=1e4),
+               config(tmp_path / "ok2", seed=1)]
+    configs = [dataclasses.replace(c, checkpoint_every=1) for c in configs]
+    members = trainer.train_members(configs)
+    ok, bad, ok2 = members
+    assert ok.failure is None and ok2.failure is None and ok.result["step"] == 24
+    assert bad.failure.startswith("non-finite loss or gradient at step ")
+    first_bad = int(bad.failure.split("step ")[1].split(";")[0])
+    kept = runs.load(configs[1].workdir)
+    # Steps count updates: "at step N" is the update after step N, the last good one.
+    assert kept.step == first_bad and f"(step {kept.step}) kept" in bad.failure
+    assert bad.state is not None and int(bad.state.step) == first_bad
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(bad.state.params))
+    # The others are unaffected: member 0 equals its standalone run.
+    state, _ = trainer.train_and_evaluate(dataclasses.replace(configs[0],
+                                                              workdir=str(tmp_path / "alone")))
+    assert_trees_close(ok.state.params, state.params)
+
+
+def test_a_stopped_pack_resumes_to_the_uninterrupted_result(tmp_path):
+    configs = [config(tmp_path / f"m{s}", seed=s, learning_rate=lr)
+               for s, lr in ((0, 0.05), (1, 0.1))]
+    calls = iter(range(1000))
+    stopped = trainer.train_members(configs, should_stop=lambda: next(calls) == 9)   # at step 10
+    assert [m.result["preempted"] for m in stopped] == [True, True]
+    assert [m.result["step"] for m in stopped] == [10, 10]
+    resumed = trainer.train_members(configs)
+    uninterrupted = trainer.train_members(
+        [dataclasses.replace(c, workdir=c.workdir + "-whole") for c in configs])
+    for r, u in zip(resumed, uninterrupted):
+        assert_trees_close(r.state.params, u.state.params, 0, 0)
+        assert r.result["top1"] == u.result["top1"]
+
+
+def test_members_that_would_change_the_program_are_refused(tmp_path):
+    a = config(tmp_path / "a")
+    with pytest.raises(ValueError, match="model.options is"):
+        packing.check([a, with_(config(tmp_path / "b"), model={"options": {"norm": "lrn"}})])
+    with pytest.raises(ValueError, match=r"optim.l2 is 0.0 and 0.001 \(zero and non-zero"):
+        packing.check([a, config(tmp_path / "b", l2=1e-3)])
+    with pytest.raises(ValueError, match="data.batch_size"):
+        packing.check([a, with_(config(tmp_path / "b"), batch_size=64)])
+    with pytest.raises(ValueError, match="a workdir each"):
+        packing.check([a, config(tmp_path / "a", seed=1)])
+    packing.check([a, config(tmp_path / "b", seed=3, learning_rate=0.3, momentum=0.5,
+                             label_smoothing=0.1)])
+    assert set(optim.HYPERPARAMETERS) >= {"learning_rate", "momentum", "l2", "weight_decay",
+                                          "grad_clip_norm", "label_smoothing"}
+
+
+def _noise_folder(root, per_class=20):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", 4)):
+        for name in ("ant", "bee"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
+                    root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("device_resident", [True, False])
+def test_members_read_exactly_their_standalone_batches(tmp_path, device_resident):
+    root = _noise_folder(tmp_path / "images")
+    cfg = DataConfig(dataset=f"folder:{root}", image_size=8, channels=3, batch_size=8,
+                     augment="cifar", device_resident=device_resident,
+                     cache_dir=str(tmp_path / "cache"))
+    sharding = NamedSharding(jax.make_mesh((8,), ("data",)), P("data"))
+    seeds = [0, 3]
+    packed = data.train_batches(cfg, sharding, start_step=3, seeds=seeds)
+    alone = [data.train_batches(dataclasses.replace(cfg, seed=s), sharding, start_step=3)
+             for s in seeds]
+    for _ in range(7):   # across an epoch boundary (5 steps per epoch)
+        batch = next(packed)
+        assert batch["image"].shape == (2, 8, 8, 8, 3)
+        assert tuple(batch["image"].sharding.spec)[:2] == (None, "data")
+        for k, member in enumerate(alone):
+            expected = next(member)
+            np.testing.assert_array_equal(batch["image"][k], expected["image"])
+            np.testing.assert_array_equal(batch["label"][k], expected["label"])
+    assert not np.array_equal(batch["image"][0], batch["image"][1])

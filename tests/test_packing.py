@@ -3,6 +3,9 @@
 fails alone, and resumes from its own checkpoints. On the suite's 8 fake CPU devices, so each
 member's batch is also sharded over a data axis of 8."""
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -186,3 +189,22 @@ def test_members_read_exactly_their_standalone_batches(tmp_path, device_resident
             np.testing.assert_array_equal(batch["image"][k], expected["image"])
             np.testing.assert_array_equal(batch["label"][k], expected["label"])
     assert not np.array_equal(batch["image"][0], batch["image"][1])
+
+
+def test_run_with_seeds_trains_them_packed_each_in_its_own_directory(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "experiments.run", "--seeds=2", "--steps=4",
+                          "--batch_size=32", "--log_every=2", f"--workdir={tmp_path}"],
+                         cwd=repo, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    for seed in (0, 1):
+        run = runs.load(str(tmp_path / f"seed={seed}"))
+        assert run.step == 4 and run.config.seed == run.config.data.seed == seed
+        top1 = [r for r in run.rows if r["split"] == "test"][-1]["top1"]
+        assert f"seed {seed} ({tmp_path}/seed={seed}): test accuracy {100 * top1:.2f}%" in lines
+    assert lines[-1].startswith("test accuracy over 2 seeds: ")
+    both = subprocess.run([sys.executable, "-m", "experiments.run", "--seeds=2", "--seed=1",
+                           f"--workdir={tmp_path}"], cwd=repo, capture_output=True, text=True)
+    assert both.returncode == 1 and both.stderr.strip() == (
+        "error: --seed and --seeds exclude each other: --seeds=K trains seeds 0..K-1")

@@ -171,6 +171,10 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
     while the others train on.
     """
     cfg, packed = configs[0], len(configs) > 1
+    if packed and jax.default_backend() == "cpu":
+        logging.info("packing %d members on a CPU: each trains at about 1/%d of the speed of one "
+                     "run alone (no gain per step on a busy CPU, BENCHMARKS.md), but the job "
+                     "starts and compiles once", len(configs), len(configs))
     if cfg.nan_policy not in NAN_POLICIES:
         raise ValueError(f"unknown nan_policy {cfg.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
     packing.check(configs)

@@ -5,6 +5,7 @@ through a real one-node SLURM."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pytest
 from absl import flags
 
 from experiments import ablate as _ablate, launchers, model_flags, sweep_flags, sweep_store  # noqa: F401
-from jaxcnn import trainer
+from jaxcnn import checkpoint, trainer
 from jaxcnn.ablation import Sweep, Axis
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -271,6 +272,34 @@ def test_a_packed_sweep_groups_packable_runs_and_equals_the_unpacked_sweep(tmp_p
     assert (tmp_path / "packed/summary.md").read_text().count("| 2 | 0 | 0 |") == 4
     again = ablate("--pack=4", f"--workdir={tmp_path / 'packed'}", check=0)
     assert "nothing to run" in again.stdout
+
+
+def test_sigterm_checkpoints_every_member_of_a_packed_job_and_the_same_command_resumes_them(
+        tmp_path):
+    command = [sys.executable, "-m", "experiments.ablate", *TINY, "--seeds=2", "--pack=2",
+               "--steps=300", f"--workdir={tmp_path}"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 300
+    while not os.path.exists(tmp_path / "base/seed=1/metrics.jsonl"):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "run 0,1 started" in output and "stopped: the running runs checkpointed" in output
+    saved = [saved_steps(tmp_path / f"base/seed={s}") for s in (0, 1)]
+    assert saved[0] == saved[1] and 0 < saved[0][-1] < 300
+    assert not os.path.exists(tmp_path / "base/seed=0/result.json")
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    log = (tmp_path / "base/seed=0/job.log").read_text()
+    assert f"resumed 2 members from step {saved[0][-1]}" in log
+    assert [result(tmp_path, f"base/seed={s}")["steps"] for s in (0, 1)] == [300, 300]
+
+
+def saved_steps(run_dir):
+    return checkpoint.saved_steps(os.path.join(run_dir, "checkpoints"))
 
 
 def test_a_packed_sweeps_sbatch_script_gives_each_array_task_its_runs(tmp_path):

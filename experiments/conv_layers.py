@@ -27,7 +27,7 @@ from jax import lax
 
 from experiments import cli, machine, timing_flags
 from jaxcnn import benchmark, models, onednn, xla_options
-from jaxcnn.models import conv_ops
+from jaxcnn.models import conv_ops, summary
 
 flags.DEFINE_list("layers_of", ["vgg16:224:4", "vgg_cifar:32:64"],
                   "model:image_size:batch_size, whose distinct conv shapes are timed")
@@ -51,7 +51,7 @@ def conv_shapes(model: nn.Module, image_shape: tuple[int, int, int], batch_size:
                 ) -> dict[ConvShape, int]:
     """The model's distinct ungrouped conv shapes, in call order, with how often each occurs."""
     shapes: dict[ConvShape, int] = {}
-    for module, in_shape, out_shape in benchmark.layer_calls(model, image_shape, batch_size):
+    for module, in_shape, out_shape in summary.layer_calls(model, image_shape, batch_size):
         if not isinstance(module, nn.Conv) or module.feature_group_count != 1:
             continue
         strides = module.strides or 1

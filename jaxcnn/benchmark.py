@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from typing import Any, Callable
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from jaxcnn import optim, packing, train, xla_options
 from jaxcnn.config import DataConfig, OptimConfig, TrainConfig
+from jaxcnn.models.summary import analytic_macs
 
 MODES = ("forward", "forward_backward", "train_step")
 BACKWARD_COST = 3   # model FLOPs of forward + backward = 3 × forward (the backward is two matmuls)
@@ -83,36 +83,6 @@ def peak_flops(device: jax.Device, dtype) -> float | None:
         if kind in device.device_kind:
             return peaks.get(jnp.dtype(dtype).name)
     return None
-
-
-def layer_calls(model: nn.Module, image_shape: tuple[int, ...], batch_size: int = 1
-                ) -> list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]]:
-    """(module, input shape, output shape) of every `nn.Conv` and `nn.Dense` call in one forward
-    pass of `batch_size` images, in call order (shapes only: nothing is computed)."""
-    calls = []
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and isinstance(context.module, (nn.Conv, nn.Dense)):
-            calls.append((context.module, args[0].shape, out.shape))
-        return out
-
-    x = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), x)
-    return calls
-
-
-def analytic_macs(model: nn.Module, image_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one image's forward pass through every `nn.Conv` and `nn.Dense`,
-    from the shapes the layers see (the convention behind VGG16's 15.47 G, AlexNet's 0.714 G)."""
-    macs = 0
-    for module, in_shape, out_shape in layer_calls(model, image_shape):
-        fan_in = in_shape[-1]
-        if isinstance(module, nn.Conv):
-            fan_in = fan_in // module.feature_group_count * math.prod(module.kernel_size)
-        macs += math.prod(out_shape) * fan_in
-    return macs
 
 
 def l2_loss(logits: jax.Array) -> jax.Array:

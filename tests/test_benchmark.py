@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxcnn import benchmark, models
+from jaxcnn.models import summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VGG = dict(cfg=(4, "M", 8, "M"), head=(16,), pool_to=(2, 2))
@@ -39,13 +40,13 @@ def test_benchmark_runs_without_tensorflow():
 
 @pytest.mark.parametrize("name, gmacs", [("vgg16", 15.47), ("alexnet", 0.714)])
 def test_analytic_macs_match_the_published_counts(name, gmacs):
-    macs = benchmark.analytic_macs(models.create(name), (224, 224, 3))
+    macs = summary.analytic_macs(models.create(name), (224, 224, 3))
     assert macs / 1e9 == pytest.approx(gmacs, rel=5e-3)
 
 
 def test_factorize_changes_the_analytic_count_as_the_shapes_say():
     def gmacs(name, factorize, shape):
-        return benchmark.analytic_macs(models.create(name, factorize=factorize), shape) / 1e9
+        return summary.analytic_macs(models.create(name, factorize=factorize), shape) / 1e9
 
     assert gmacs("vgg16", "all", (224, 224, 3)) == pytest.approx(11.867, rel=1e-3)
     # convnet_cifar conv2 (64→64, 5×5 → 5×1 + 1×5 at 12×12): 2.5× fewer MACs in that layer...

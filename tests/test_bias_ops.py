@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import benchmark, models
-from jaxcnn.models import bias_ops
+from jaxcnn import models
+from jaxcnn.models import bias_ops, summary
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])           # "gpu": a plain add
@@ -39,4 +39,4 @@ def test_bias_gradient_is_a_matmul_on_cpu_and_macs_are_counted():
     assert channel_reduction not in grad(bias_ops.bias_add)
     model = models.create("convnet_cifar", 10, width=8)
     # conv1 on 8×8, conv2 on 4×4, the logits conv on 2×2 (SAME pools): the inner nn.Conv counts
-    assert benchmark.analytic_macs(model, (8, 8, 3)) == 64 * 75 * 8 + 16 * 200 * 8 + 4 * 200 * 10
+    assert summary.analytic_macs(model, (8, 8, 3)) == 64 * 75 * 8 + 16 * 200 * 8 + 4 * 200 * 10

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn.models import norm_ops
+from jaxcnn.models import norm_ops, op_helpers
 
 
 @pytest.mark.parametrize("shape", [(4, 6, 5, 3), (7, 8)])
@@ -41,7 +41,7 @@ def test_batch_norm_equals_flax(shape, backend):
 
 def test_channel_sum_and_bfloat16_output():
     x = jax.random.normal(jax.random.key(0), (3, 4, 5))
-    np.testing.assert_allclose(norm_ops.channel_sum(x), x.sum((0, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(op_helpers.channel_sum(x), x.sum((0, 1)), rtol=1e-5, atol=1e-5)
     bn = norm_ops.BatchNorm(dtype=jnp.bfloat16)
     y, _ = bn.apply(bn.init(jax.random.key(0), x), x, mutable=["batch_stats"])
     assert y.dtype == jnp.bfloat16

@@ -3,7 +3,7 @@
 The bias gradient of a convolution is the output gradient summed over the batch and spatial
 axes; XLA:CPU runs that reduction as a reduce-window (with VGG-16 at 224 they took ~0.15 s of a
 ~2.1 s forward-backward in a jax.profiler trace). Here the bias is added by `bias_add`, whose
-gradient is `norm_ops.channel_sum`, a matmul with ones. The kernel and the convolution itself
+gradient is `op_helpers.channel_sum`, a matmul with ones. The kernel and the convolution itself
 are an `nn.Conv` sharing this module's scope, so parameters (kernel, bias), their initial values
 and MAC counts are those of `nn.Conv`. On GPU / TPU the bias is a plain add.
 """
@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.models.norm_ops import channel_sum
+from jaxcnn.models.op_helpers import channel_sum
 
 
 @jax.custom_vjp

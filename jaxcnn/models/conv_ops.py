@@ -18,7 +18,6 @@ the signature of `jax.lax.conv_general_dilated`, so it drops into
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from typing import Callable
 
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import onednn
+from jaxcnn.models.op_helpers import window_taps
 from jaxcnn.onednn import ffi as onednn_ffi
 
 # "auto" uses im2col on CPU when a conv's output map has at most this many pixels (measured in
@@ -67,23 +67,6 @@ def _padded_input(x, window, window_strides, padding, lhs_dilation, rhs_dilation
     config = [(0, 0, 0), *[(lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dilation)],
               (0, 0, 0)]
     return lax.pad(x, jnp.zeros((), x.dtype), config)
-
-
-def window_taps(x, window, strides, dilation=None
-                ) -> list[tuple[tuple[int, ...], jax.Array]]:
-    """(offset, the strided slice of padded NHWC `x` that window tap `offset` reads) for every tap
-    of a `window` (dilated by `dilation`) slid with `strides`, in row-major tap order: the
-    building block of im2col, the single-channel conv and `pool_ops`' max pool."""
-    dilation = tuple(dilation or (1,) * len(window))
-    out_sizes = [(n - (k - 1) * d - 1) // s + 1
-                 for n, k, d, s in zip(x.shape[1:-1], window, dilation, strides)]
-    taps = []
-    for offset in itertools.product(*map(range, window)):
-        start = [o * d for o, d in zip(offset, dilation)]
-        limit = [b + (n - 1) * s + 1 for b, n, s in zip(start, out_sizes, strides)]
-        taps.append((offset, lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]),
-                                       (1, *strides, 1))))
-    return taps
 
 
 def _from_nhwc(y, dn):

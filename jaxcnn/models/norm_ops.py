@@ -16,11 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-def channel_sum(x: jax.Array) -> jax.Array:
-    """The sum over every axis but the last, as (ones @ x.reshape(-1, C))."""
-    rows = x.reshape(-1, x.shape[-1])
-    return jnp.ones(rows.shape[0], rows.dtype) @ rows
+from jaxcnn.models.op_helpers import channel_sum
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

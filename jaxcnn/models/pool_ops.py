@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.models import conv_ops
+from jaxcnn.models.op_helpers import window_taps
 
 
 def _pads(shape, window, strides, padding):
@@ -38,7 +38,7 @@ def _padded(x, pads):
 def _reduce_max(x, window, strides, pads):
     """The maximum of the window taps' strided slices: elementwise, 2-3× faster on XLA:CPU than
     its reduce-window."""
-    taps = conv_ops.window_taps(_padded(x, pads), window, strides)
+    taps = window_taps(_padded(x, pads), window, strides)
     return functools.reduce(jnp.maximum, (tap for _, tap in taps))
 
 
@@ -54,7 +54,7 @@ def _max_pool_fwd(x, window, strides, pads):
 
 def _first_max_tap(xp, y, window, strides):
     """Per pooled position, the row-major index of its window's first tap equal to the max."""
-    taps = conv_ops.window_taps(xp, window, strides)
+    taps = window_taps(xp, window, strides)
     first = jnp.full(y.shape, -1, jnp.int32)
     for index in reversed(range(len(taps))):
         first = jnp.where(taps[index][1] == y, index, first)

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxcnn import benchmark, models
@@ -143,3 +144,15 @@ def test_ratio_table_marks_unreliable_ratios():
         "| lenet5, 32, 256 (10) | forward_backward | 0.2000 | 0.1000 | 2.00x (unreliable) | "
         "0.90 → 3.20 |",
         "| vgg16, 224, 4 (1000) | forward | 0.0500 | 0.0400 | 1.25x | 0.50 → 0.90 |"]
+
+
+def test_packed_train_step_counts_every_members_images():
+    model = models.create("lenet5", 10)
+    compiled = benchmark.compile_mode(model, (32, 32, 1), 8, "train_step", pack=3)
+    compiled.call()
+    timing = compiled.timing(np.array([0.5, 0.5]))
+    assert timing.pack == 3 and timing.images_per_s == 3 * 8 / 0.5
+    assert timing.member_images_per_s == 8 / 0.5
+    assert timing.as_dict()["tflops"] == pytest.approx(timing.model_flops * 48 / 1e12)
+    with pytest.raises(ValueError, match="train_step only"):
+        benchmark.compile_mode(model, (32, 32, 1), 8, "forward", pack=3)

@@ -208,3 +208,40 @@ def test_run_with_seeds_trains_them_packed_each_in_its_own_directory(tmp_path):
                            f"--workdir={tmp_path}"], cwd=repo, capture_output=True, text=True)
     assert both.returncode == 1 and both.stderr.strip() == (
         "error: --seed and --seeds exclude each other: --seeds=K trains seeds 0..K-1")
+
+
+ONE_DEVICE_PACK = """
+import dataclasses, sys
+import jax, numpy as np
+sys.path.insert(0, "tests")
+from test_packing import config
+from jaxcnn import onednn, trainer
+from jaxcnn.onednn import ffi
+if not onednn.available():
+    print("unavailable:", onednn.unavailable_reason()); sys.exit(0)
+calls, call = [], ffi._call
+ffi._call = lambda kind, *args: (calls.append(kind), call(kind, *args))[1]
+root = sys.argv[1]
+configs = [config(f"{root}/m{s}", seed=s, learning_rate=lr) for s, lr in ((0, 0.05), (1, 0.1))]
+members = trainer.train_members(configs)
+assert {"forward", "backward_data", "backward_weights"} <= set(calls), calls
+for m, c in zip(members, configs):
+    state, result = trainer.train_and_evaluate(dataclasses.replace(c, workdir=c.workdir + "-alone"))
+    jax.tree.map(np.testing.assert_array_equal, m.state.params, state.params)
+    assert m.result["top1"] == result["top1"]
+print("ok")
+"""
+
+
+def test_on_one_cpu_device_members_run_onednns_convolutions_and_equal_standalone_runs(tmp_path):
+    """The CPU path a user of --seeds gets (one device, so `auto` takes oneDNN's convolutions,
+    which the suite's 8 fake devices keep it from): oneDNN's FFI calls run the members one after
+    another inside the program, and every member equals its standalone run bit for bit."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": ""}
+    out = subprocess.run([sys.executable, "-c", ONE_DEVICE_PACK, str(tmp_path)], cwd=repo,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if out.stdout.startswith("unavailable:"):
+        pytest.skip(f"oneDNN's convolutions cannot be built here: {out.stdout}")
+    assert out.stdout.strip().endswith("ok")

@@ -255,7 +255,10 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
         for writer in writers:
             writer.start(start_step)
         members = [Member(c) for c in configs]
-        running = lambda: [k for k, m in enumerate(members) if m.failure is None]
+
+        def running() -> list[int]:
+            """The members that have not failed."""
+            return [k for k, m in enumerate(members) if m.failure is None]
 
         def flush_train_metrics(acc, step, n_steps, seconds):
             acc = jax.device_get(acc)
@@ -308,7 +311,7 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
                 break
             if acc_steps == 0:
                 tick = time.perf_counter()
-        else:
+        else:   # the last step was reached (not stopped, not every member failed)
             if running() and not members[running()[0]].result:   # resumed a finished run
                 result = evaluate(eval_step, state, eval_data, data_sharding)
                 for k in running():

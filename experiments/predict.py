@@ -1,8 +1,9 @@
 """Top-k classes of image files: `python -m experiments.predict --workdir=DIR a.png b.jpg [--top_k=5]`.
 
-Uses the latest checkpoint in DIR (written by experiments.run or experiments.ablate); images of any
-size and mode are fitted to the model's input. Missing workdir, checkpoint or image: a one-line
-error and exit status 1.
+Uses the latest checkpoint in DIR (written by experiments.run or experiments.ablate); a damaged one
+is skipped for the one before it, with the warning training gives, and left where it is
+(`jaxcnn.runs.load`). Images of any size and mode are fitted to the model's input. Missing workdir,
+checkpoint or image: a one-line error and exit status 1.
 """
 import numpy as np
 from absl import app, flags, logging

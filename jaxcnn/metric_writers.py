@@ -6,12 +6,19 @@ is one plain line above it (on stdout). The same lines are also logged (absl), m
 `CONSOLE_SHOWN` so that a program's console handler can leave them to the log files, where they
 keep absl's full form (see `experiments.cli.quiet`).
 
-Only process 0 writes; every call takes plain Python floats already fetched from the device.
+A write that fails (a full disk, a missing permission) raises an OSError naming the file, and
+leaves what was written before as it was: metrics.jsonl gets whole rows or nothing.
+
+Only process 0 writes; every call takes plain Python floats already fetched from the device. The
+members of a packed run write a writer each; only the first shows its progress on the console.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
 import warnings
 
 import jax
@@ -34,36 +41,37 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 class MetricWriter:
-    def __init__(self, workdir: str, total_steps: int):
+    def __init__(self, workdir: str, total_steps: int, console: bool = True):
         self.total_steps = total_steps
         self.active = jax.process_index() == 0
+        self.console = console
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = self.bar = None
         if self.active:
+            cut_unfinished_row(self.path)
             try:
-                from tensorboardX import SummaryWriter   # numpy/protobuf only: no TensorFlow
-                self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self.tb = EventFile(os.path.join(workdir, "tensorboard"))
             except ImportError:
                 logging.warning("tensorboardX is not installed: metrics go to metrics.jsonl and "
                                 "the figure only (pip install tensorboardX for TensorBoard logs)")
 
     def start(self, step: int) -> None:
         """Shows the progress bar from `step`, the step training starts (or resumes) from."""
-        if self.active:
+        if self.active and self.console:
             self.bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True)
 
     def write(self, split: str, step: int, epoch: float, metrics: dict[str, float]) -> None:
         if not self.active:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"split": split, "step": step, "epoch": round(epoch, 4),
-                                **{k: float(v) for k, v in metrics.items()}}) + "\n")
+        append_row(self.path, {"split": split, "step": step, "epoch": round(epoch, 4),
+                               **{k: float(v) for k, v in metrics.items()}})
         if self.tb is not None:
-            for name, value in metrics.items():
-                self.tb.add_scalar(f"{split}/{name}", value, step)
-            self.tb.flush()
+            self.tb.write(step, {f"{split}/{name}": value for name, value in metrics.items()})
         line = (f"{split:<5} step {step}/{self.total_steps}  epoch {epoch:.2f}  "
                 f"{format_metrics(metrics)}")
+        if self.bar is None:   # not on the console: the log alone
+            logging.info("%s: %s", os.path.dirname(self.path), line)
+            return
         logging.info("%s", line, extra=CONSOLE_SHOWN)
         self.bar.update(step - self.bar.n)
         if split == "train":
@@ -77,6 +85,95 @@ class MetricWriter:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class EventFile:
+    """TensorBoard scalars in a new event file of `logdir`, written by tensorboardX's record
+    writer (numpy/protobuf only: no TensorFlow) in the calling thread. (tensorboardX's
+    SummaryWriter writes from a thread of its own: a full disk there ended the program with an
+    error naming no file, then tracebacks of that thread and of its exit handler.)"""
+
+    def __init__(self, logdir: str):
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.record_writer import RecordWriter
+        from tensorboardX.summary import scalar
+        self._event, self._scalar = event_pb2.Event, scalar
+        os.makedirs(logdir, exist_ok=True)
+        name = os.path.join(logdir, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
+        self.path, n = name, 1
+        while os.path.exists(self.path):   # another writer started within the same second
+            self.path, n = f"{name}.{n}", n + 1
+        self._records = None
+        with self._errors():
+            self._records = RecordWriter(self.path)
+            self._records.write(self._event(wall_time=time.time(),
+                                            file_version="brain.Event:2").SerializeToString())
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        """One event per scalar, then a flush to disk."""
+        if self._records is None:   # closed, or failed before
+            return
+        with self._errors():
+            for tag, value in scalars.items():
+                self._records.write(self._event(wall_time=time.time(), step=step,
+                                                summary=self._scalar(tag, value))
+                                    .SerializeToString())
+            self._records.flush()
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """A failed write as an OSError naming the file; the file is closed, dropping what could
+        not be written (so that nothing tries again at exit)."""
+        try:
+            yield
+        except OSError as e:
+            records, self._records = self._records, None
+            if records is not None:
+                with contextlib.suppress(OSError):   # closed all the same
+                    records.close()
+            raise OSError(e.errno, e.strerror, self.path) from e
+
+    def close(self) -> None:
+        if self._records is not None:
+            with self._errors():
+                self._records.close()
+            self._records = None
+
+
+def append_row(path: str, row: dict) -> None:
+    """Appends one JSON line to `path` whole or not at all: a write that fails part-way (a full
+    disk, a quota, a file-size limit) is cut back off, so the rows before it stay as they were and
+    a resumed run appends after them. The OSError names the file."""
+    line = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise OSError(e.errno, e.strerror, path) from e
+    finally:
+        os.close(fd)
+
+
+def cut_unfinished_row(path: str) -> None:
+    """Cuts off a last line without its newline: the row a writer was writing when it died (or
+    when the disk filled up, before `append_row` cut such rows off itself). Called by the writer
+    that is about to append, so that its first row does not join that fragment."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return
+    if not text or text.endswith(b"\n"):
+        return
+    keep = text.rfind(b"\n") + 1
+    logging.warning("%s: cutting off an unfinished last row (%d bytes) left by an earlier run",
+                    path, len(text) - keep)
+    os.truncate(path, keep)
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -7,7 +7,8 @@
 
 Only the model's variables are read from the checkpoint (not the optimiser state), and nothing is
 written, so a run that is still training can be looked at while it goes on. A damaged newest
-checkpoint is skipped for the one before it.
+checkpoint (unreadable, or whose model arrays fail the checksums stored with it) is skipped for the
+one before it, with the warning training gives, and left where it is.
 """
 from __future__ import annotations
 
@@ -81,13 +82,29 @@ def _restore(manager: ocp.CheckpointManager, step: int) -> tuple[dict, models.Co
     with checkpoint.reading("state"):
         variables = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             target, ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    _check(meta, variables["state"])
     return meta, model, variables["state"]
+
+
+def _check(meta: dict, variables: dict) -> None:
+    """Compares the restored variables with the checksums the meta stores for the train state's
+    arrays (`checkpoint._checksums`; checkpoints written before 2026-11 have none): Orbax stores
+    floats without a checksum of its own, so flipped bits would load as other numbers."""
+    if "arrays" not in meta or "checksums" not in meta:
+        return
+    saved = dict(zip(meta["arrays"], meta["checksums"]))
+    # The state's path of ['params']['conv1']... is .params['conv1']...
+    paths = [f".{path[0].key}{jax.tree_util.keystr(path[1:])}"
+             for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
+    for path, now in zip(paths, jax.device_get(checkpoint._checksums(variables))):
+        if path in saved and int(now) != saved[path]:
+            raise checkpoint.Unreadable(f"the array data of {path} does not match its checksum")
 
 
 def load(workdir: str) -> Run:
     """The newest readable checkpoint of `workdir`, its model rebuilt from the meta, and the metric
-    rows. A damaged checkpoint is skipped with a warning and left where it is (loading writes
-    nothing; the training job moves it aside when it next starts)."""
+    rows. A damaged checkpoint is skipped with the warning training gives, but left where it is
+    (loading writes nothing; the training job moves it aside when it next starts)."""
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"no workdir {workdir!r}")
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -102,8 +119,8 @@ def load(workdir: str) -> Run:
                 meta, model, variables = _restore(manager, step)
                 break
             except checkpoint.Unreadable as e:
-                logging.warning("checkpoint %s: %s is unreadable; trying the one before",
-                                os.path.join(directory, str(step)), e)
+                logging.warning("checkpoint step %d is unreadable (%s): left in %s; trying the "
+                                "one before", step, e, os.path.join(directory, str(step)))
         else:
             raise checkpoint.CheckpointError(f"no readable checkpoint in {directory} (steps "
                                              f"{', '.join(map(str, steps))} are damaged)")

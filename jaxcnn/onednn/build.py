@@ -1,31 +1,51 @@
-"""Compiles `conv.cc` into a shared library on first use, once per source, jaxlib and oneDNN.
+"""Compiles `conv.cc` into a shared library on first use, once per everything the library depends on.
 
 oneDNN comes from the `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels (requirements.txt), which
 put `libdnnl.so` and its headers under the environment's prefix; XLA's FFI headers come with jaxlib.
-The library lands in `$JAXCNN_CACHE_DIR` (default `~/.cache/jaxcnn`) under a name that hashes all
-three, built under a file lock so that parallel processes (pytest-xdist, a sweep's workers) build
-it once. Anything missing raises `Unavailable` with the reason, and jaxcnn then keeps XLA's own
+The compiler is `$CXX` (default `c++` on PATH), with this module's flags and then `$CXXFLAGS`.
+
+The library lands in `$JAXCNN_CACHE_DIR` (default `~/.cache/jaxcnn`) under a name that hashes all it
+depends on (`build_inputs`): conv.cc, the compiler command and its flags, the compiler (its path
+and `--version`), the C++ standard library it links and the one this process runs with, jaxlib's
+version and oneDNN's (library path, size and version headers), and the CPU where a flag says
+`=native`. A home folder shared by cluster nodes with other compilers or libstdc++ thus holds one
+library per kind of node, each rebuilt where it would not load.
+
+It is built under a file lock, so that parallel processes (pytest-xdist, a sweep's workers) build it
+once; where the file system cannot lock (NFS without lockd, Lustre without `flock`), or on a
+platform without `fcntl`, one warning says so and each process builds without the lock (into a
+temporary file renamed into place: never a half-written library, at worst a few identical builds).
+Anything missing raises `Unavailable` with a one-line reason; a failed compile keeps the compiler's
+full output in `<cache>/build-<key>.log` and the reason names it. jaxcnn then keeps XLA's own
 convolutions.
 """
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
+import json
 import os
 import pathlib
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import jax
 import jaxlib
+from absl import logging
 
 SOURCE = pathlib.Path(__file__).with_name("conv.cc")
+FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-w")   # before $CXXFLAGS, which may override
+_OUTPUT = "<output>"                                     # the output's place in the hashed command
+_PROBE_TIMEOUT_S = 60
 
 
 class Unavailable(RuntimeError):
-    """Why the oneDNN convolutions cannot be built or loaded here."""
+    """Why the oneDNN convolutions cannot be built or loaded here (one line)."""
 
 
 def _onednn_prefix() -> pathlib.Path:
@@ -42,38 +62,172 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(root)
 
 
-def library_path() -> pathlib.Path:
-    """The compiled library, built now if it is not in the cache yet."""
+def _compiler() -> str:
+    name = os.environ.get("CXX") or "c++"
+    compiler = shutil.which(name)
+    if compiler is None:
+        raise Unavailable(f"no C++ compiler: {name!r} ($CXX, else c++) is not on PATH")
+    return compiler
+
+
+def _probe(compiler: str, *args: str) -> str:
+    """The compiler's answer to `args` (stdout), or Unavailable saying why it gave none."""
+    try:
+        done = subprocess.run([compiler, *args], capture_output=True, text=True,
+                              timeout=_PROBE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise Unavailable(f"the C++ compiler {compiler} cannot run: {_one_line(str(e))}") from e
+    if done.returncode != 0:
+        raise Unavailable(f"the C++ compiler {compiler} failed on {' '.join(args)}: "
+                          f"{_one_line(done.stderr or done.stdout)}")
+    return done.stdout.strip()
+
+
+def _file_id(path: str | pathlib.Path) -> str:
+    """A file by its real path and size (cheap: libdnnl.so is ~50 MB)."""
+    path = pathlib.Path(path)
+    try:
+        return f"{path.resolve()} ({path.stat().st_size} bytes)"
+    except OSError:
+        return f"{path} (absent)"
+
+
+def _runtime_stdlibs() -> list[str]:
+    """The C++ standard libraries this process has loaded (jaxlib loads one), which the built
+    library will bind to."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps
+                     if re.search(r"/lib(std)?c\+\+\.so", line.split()[-1])}
+    except OSError:
+        return []
+    return [_file_id(p) for p in sorted(paths)]
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "unknown"
+    first = lambda key: (re.findall(rf"^{key}\s*:\s*(.*)$", info, re.M) or [""])[0]
+    return f"{first('model name')}; {first('flags')}"
+
+
+def _command(compiler: str, prefix: pathlib.Path, output: str) -> list[str]:
+    extra = shlex.split(os.environ.get("CXXFLAGS", ""))
+    return [compiler, *FLAGS, *extra, f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
+            str(SOURCE), "-o", output, f"-L{prefix / 'lib'}", "-ldnnl",
+            f"-Wl,-rpath,{prefix / 'lib'}"]
+
+
+def build_inputs() -> dict[str, str]:
+    """Everything the library depends on, by name: what `cache_key` hashes."""
     if sys.platform != "linux":
         raise Unavailable(f"built on Linux only, not {sys.platform}")
-    compiler = shutil.which(os.environ.get("CXX", "c++"))
-    if compiler is None:
-        raise Unavailable("no C++ compiler (c++ or $CXX) on PATH")
+    compiler = _compiler()
     prefix = _onednn_prefix()
-    libdnnl = (prefix / "lib/libdnnl.so").resolve()
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), jaxlib.__version__.encode(),
-                                     str(libdnnl).encode()])).hexdigest()[:16]
+    command = _command(compiler, prefix, _OUTPUT)
+    dnnl_headers = prefix / "include/oneapi/dnnl"
+    inputs = {
+        "source": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+        "command": shlex.join(command),
+        "compiler": f"{_file_id(compiler)}: {_first_line(_probe(compiler, '--version'))}",
+        "stdlib (linked)": " ".join(_file_id(_probe(compiler, f"-print-file-name={name}"))
+                                    for name in ("libstdc++.so", "libc++.so")),
+        "stdlib (loaded)": " ".join(_runtime_stdlibs()),
+        "jaxlib": jaxlib.__version__,
+        "onednn": " ".join([_file_id(prefix / "lib/libdnnl.so")] + [
+            hashlib.sha256((dnnl_headers / h).read_bytes()).hexdigest()[:16]
+            for h in ("dnnl_version.h", "dnnl_config.h") if (dnnl_headers / h).exists()]),
+    }
+    if any(flag.endswith("=native") for flag in command):
+        inputs["cpu"] = _cpu()
+    return inputs
+
+
+def cache_key(inputs: dict[str, str] | None = None) -> str:
+    inputs = build_inputs() if inputs is None else inputs
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def library_path() -> pathlib.Path:
+    """The compiled library, built now if it is not in the cache yet."""
+    inputs = build_inputs()
+    key = cache_key(inputs)
     cache = _cache_dir()
     target = cache / f"jaxcnn_onednn_conv-{key}.so"
     if target.exists():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not target.exists():
-            _compile(compiler, prefix, target)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with _locked(cache / f"{target.name}.lock"):
+            if not target.exists():
+                _compile(inputs, target, cache / f"build-{key}.log")
+    except OSError as e:
+        raise Unavailable(f"cannot write the library into the cache folder {cache}: "
+                          f"{_one_line(str(e))} (set JAXCNN_CACHE_DIR to a writable folder)") from e
     return target
 
 
-def _compile(compiler: str, prefix: pathlib.Path, target: pathlib.Path) -> None:
+@contextlib.contextmanager
+def _locked(path: pathlib.Path):
+    """Holds an exclusive lock on `path` (made if absent); where none can be taken, warns once
+    and goes on without it."""
+    try:
+        import fcntl      # here, not at the top: importing jaxcnn must work where there is none
+    except ImportError:
+        fcntl = None
+    with open(path, "a") as lock:
+        if fcntl is None:
+            why = "this platform has no fcntl"
+        else:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                why = None
+            except OSError as e:     # ENOLCK (NFS without lockd), EOPNOTSUPP / ENOSYS (Lustre)
+                why = f"flock failed: {e.strerror or e}"
+        if why is not None:
+            logging.warning("jaxcnn: cannot lock %s (%s); building the oneDNN library without the "
+                            "lock: processes starting together may each build it (the result is "
+                            "the same)", path, why)
+        yield
+
+
+def _compile(inputs: dict[str, str], target: pathlib.Path, log: pathlib.Path) -> None:
+    """Compiles into a temporary file renamed onto `target`; on failure, keeps the compiler's
+    output in `log` and raises Unavailable naming it."""
+    logging.info("jaxcnn: compiling %s into %s", SOURCE.name, target)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = pathlib.Path(tmp) / target.name
-        command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-                   f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", str(SOURCE),
-                   "-o", str(out), f"-L{prefix / 'lib'}", "-ldnnl",
-                   f"-Wl,-rpath,{prefix / 'lib'}"]
-        done = subprocess.run(command, capture_output=True, text=True)
+        command = [str(out) if arg == _OUTPUT else arg for arg in shlex.split(inputs["command"])]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+        except OSError as e:
+            raise Unavailable(f"the C++ compiler {command[0]} cannot run: "
+                              f"{_one_line(str(e))}") from e
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise Unavailable(f"compiling {SOURCE.name} failed: {last}")
+            log.write_text("\n".join([
+                f"# jaxcnn: compiling {SOURCE.name} failed, {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                *(f"# {name}: {value}" for name, value in inputs.items()),
+                f"$ {shlex.join(command)}", f"# exit status {done.returncode}",
+                done.stdout, done.stderr]))
+            raise Unavailable(f"compiling {SOURCE.name} failed: {_first_error(done.stderr)} "
+                              f"(full log: {log})")
         os.replace(out, target)
+    log.unlink(missing_ok=True)      # an earlier failure's, no longer true
+
+
+def _first_error(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r"\berror\b", line, re.I)]
+    return _one_line((errors or lines or ["(no output)"])[0])
+
+
+def _first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0]
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

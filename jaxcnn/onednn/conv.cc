@@ -6,6 +6,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -126,7 +128,11 @@ ffi::Error Run(Kind kind, void* src, void* weights, void* dst, const Geometry& g
     }
     stream.wait();
   } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, e.what());
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  } catch (const std::exception& e) {  // std::bad_alloc and the like: none may cross into XLA
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("jaxcnn oneDNN call: ") + e.what());
+  } catch (...) {
+    return ffi::Error(ffi::ErrorCode::kInternal, "jaxcnn oneDNN call: unknown C++ exception");
   }
   return ffi::Error::Success();
 }
@@ -136,6 +142,11 @@ ffi::Error Run(Kind kind, void* src, void* weights, void* dst, const Geometry& g
 ffi::Error Call(Kind kind, const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
                 const ffi::AnyBuffer& y, ffi::Span<const int64_t> strides,
                 ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding) {
+  if (x.dimensions().size() != 4 || w.dimensions().size() != 4 || y.dimensions().size() != 4 ||
+      strides.size() != 2 || dilation.size() != 2 || padding.size() != 4)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxcnn oneDNN convolutions take 4-D buffers, 2 strides, 2 dilations and 4 "
+                      "paddings");
   ffi::DataType t = x.element_type();
   if ((t != ffi::DataType::F32 && t != ffi::DataType::BF16) || w.element_type() != t ||
       y.element_type() != t)
@@ -143,10 +154,16 @@ ffi::Error Call(Kind kind, const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
                       "jaxcnn oneDNN convolutions take float32 or bfloat16 buffers of one type");
   auto type = t == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
   // padding: (top, bottom, left, right); dilation as XLA's (1 = none), oneDNN counts from 0.
-  Geometry g{type, Nchw(x.dimensions()), Oihw(w.dimensions()), Nchw(y.dimensions()),
-             Dims2(strides), {dilation[0] - 1, dilation[1] - 1}, {padding[0], padding[2]},
-             {padding[1], padding[3]}};
-  return Run(kind, x.untyped_data(), w.untyped_data(), y.untyped_data(), g);
+  try {  // Run catches its own; these, what making the geometry may throw (std::bad_alloc)
+    Geometry g{type, Nchw(x.dimensions()), Oihw(w.dimensions()), Nchw(y.dimensions()),
+               Dims2(strides), {dilation[0] - 1, dilation[1] - 1}, {padding[0], padding[2]},
+               {padding[1], padding[3]}};
+    return Run(kind, x.untyped_data(), w.untyped_data(), y.untyped_data(), g);
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("jaxcnn oneDNN call: ") + e.what());
+  } catch (...) {
+    return ffi::Error(ffi::ErrorCode::kInternal, "jaxcnn oneDNN call: unknown C++ exception");
+  }
 }
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
@@ -184,9 +201,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvBackwardWeights, BackwardWeights, CONV_B
 
 // Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, as oneDNN sees it): elsewhere
 // oneDNN's bfloat16 convolutions are emulated or missing, and XLA's are used.
+// Called through ctypes: no exception may leave it (0 where oneDNN cannot say).
 extern "C" int JaxcnnNativeBfloat16() {
   using isa = dnnl::cpu_isa;
-  switch (dnnl::get_effective_cpu_isa()) {
+  dnnl::cpu_isa effective;
+  try {
+    effective = dnnl::get_effective_cpu_isa();
+  } catch (...) {
+    return 0;
+  }
+  switch (effective) {
     case isa::avx512_core_bf16:
     case isa::avx512_core_fp16:
     case isa::avx512_core_amx:

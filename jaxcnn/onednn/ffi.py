@@ -22,12 +22,18 @@ _TARGETS = {"forward": "JaxcnnConvForward", "backward_data": "JaxcnnConvBackward
 
 @functools.cache
 def _library() -> ctypes.CDLL | str:
-    """The library, built, loaded and its calls registered with XLA; else why not (logged once)."""
+    """The library, built, loaded and its calls registered with XLA; else why not: one line,
+    logged once."""
     try:
-        library = ctypes.CDLL(str(build.library_path()))
+        path = build.library_path()
+        try:
+            library = ctypes.CDLL(str(path))
+        except OSError as e:
+            raise build.Unavailable(f"cannot load {path}: {e}") from e
     except (build.Unavailable, OSError) as e:
-        logging.warning("jaxcnn: oneDNN convolutions unavailable, XLA's are used: %s", e)
-        return str(e)
+        reason = " ".join(str(e).split())
+        logging.warning("jaxcnn: oneDNN convolutions unavailable, XLA's are used: %s", reason)
+        return reason
     for target in _TARGETS.values():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)),
                                     platform="cpu")

@@ -27,7 +27,7 @@ from absl import app, flags
 
 from experiments import cli, machine, model_flags, timing_flags
 from jaxcnn import benchmark, host_memory, models, xla_options
-from jaxcnn.models import summary
+from jaxcnn.models import kernels, summary
 
 flags.DEFINE_integer("num_classes", 1000, "classifier outputs", lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "images per batch", lower_bound=1)
@@ -146,7 +146,8 @@ def run():
               "machine": machine.record(twin and twin.threads),
               "compiler_options": xla_options.compiler_options(), "params": params,
               "torch_params": twin and twin.params, "torch_device": twin and twin.device,
-              "forward_flops_per_image": forward_flops}
+              "forward_flops_per_image": forward_flops,
+              "kernels": kernels.record(model, image_shape)}
     if FLAGS.json:
         print(json.dumps({"config": config, "results": rows}))
         return

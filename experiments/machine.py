@@ -18,7 +18,8 @@ from typing import Sequence
 
 import jax
 
-from jaxcnn import host_memory, onednn
+from jaxcnn import host_memory
+from jaxcnn.models import kernels
 
 LOAD_LIMIT_PER_CORE = 0.5
 
@@ -44,17 +45,7 @@ def record(torch_threads: int | None = None) -> dict:
             else os.cpu_count(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch_threads,
             "freed_host_memory": "kept" if host_memory.reusing() else "returned",
-            "onednn_convolutions": _onednn_convolutions()}
-
-
-def _onednn_convolutions() -> str:
-    """Whether `conv_ops` can run oneDNN's convolutions here; off CPU it never does, so the library
-    is not built just to say so."""
-    if jax.default_backend() != "cpu":
-        return f"not used on {jax.default_backend()}"
-    if not onednn.available():
-        return f"unavailable ({onednn.unavailable_reason()})"
-    return "built (float32, bfloat16)" if onednn.native_bfloat16() else "built (float32)"
+            "onednn_convolutions": kernels.onednn_status()}
 
 
 def describe(host: dict, compiler_options: dict, freed_host_memory: str | None = None) -> str:

@@ -19,7 +19,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from jaxcnn import checkpoint, data, models, optim, packing, parallel, train, xla_options
-from jaxcnn.models import vgg
+from jaxcnn.models import kernels, vgg
 from jaxcnn.config import DataConfig, TrainConfig
 from jaxcnn.metric_writers import MetricWriter
 from jaxcnn.plot import plot_curves
@@ -204,6 +204,7 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
                                          sched.total_steps)
     tx = optim.create_optimizer(cfg.optim, lr_fn, sched.steps_per_epoch)
 
+    kernel_record = kernels.record(model, input_shape)   # into every checkpoint's meta
     # --- Shard: the state is created replicated on every device by one jitted init (mapped over
     # the members' seeds: each member's state is its standalone run's).
     init = functools.partial(train.create_train_state, model=model, input_shape=input_shape,
@@ -215,7 +216,7 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
         # --- Checkpoint: each member resumes from the latest checkpoint in its workdir.
         ckpts = [stack.enter_context(checkpoint.Checkpointer(
             os.path.join(c.workdir, "checkpoints"), c.keep_checkpoints,
-            checkpoint_meta(c, info, input_shape))) for c in configs]
+            checkpoint_meta(c, info, input_shape, kernel_record))) for c in configs]
         writers = [stack.enter_context(contextlib.closing(
             MetricWriter(c.workdir, sched.total_steps, console=k == 0)))
             for k, c in enumerate(configs)]
@@ -324,12 +325,15 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
     return members
 
 
-def checkpoint_meta(cfg: TrainConfig, info, input_shape: tuple[int, ...]) -> dict:
-    """What a checkpoint says of its run besides the state: model, classes, data, config."""
+def checkpoint_meta(cfg: TrainConfig, info, input_shape: tuple[int, ...], kernel_record: dict
+                    ) -> dict:
+    """What a checkpoint says of its run besides the state: model, classes, data, config, and the
+    kernels its program ran (`models.kernels.record`)."""
     return {"model": cfg.model.name, "model_options": json_safe(cfg.model.options),
             "num_classes": info.num_classes, "class_names": list(info.class_names),
             "input_shape": list(input_shape), "dataset": cfg.data.dataset,
-            "augment": cfg.data.augment, "config": json_safe(dataclasses.asdict(cfg))}
+            "augment": cfg.data.augment, "config": json_safe(dataclasses.asdict(cfg)),
+            "kernels": kernel_record}
 
 
 def restore(ckpts: list[checkpoint.Checkpointer], state: train.TrainState, packed: bool

@@ -76,8 +76,8 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before_and_left_in_p
     assert run.step == 5
     jax.tree.map(np.testing.assert_array_equal, run.variables,
                  runs.load(str(tmp_path / "without_8")).variables)
-    assert f"checkpoint {checkpoints / '8'}: state:" in caplog.text
-    assert "is unreadable; trying the one before" in caplog.text
+    assert (f"checkpoint step 8 is unreadable (state: " in caplog.text
+            and f"): left in {checkpoints / '8'}; trying the one before" in caplog.text)
     assert (checkpoints / "8/state/manifest.ocdbt").read_bytes() == b"not a manifest"   # as found
     (checkpoints / "5/state/manifest.ocdbt").write_bytes(b"not a manifest")
     with pytest.raises(checkpoint.CheckpointError,

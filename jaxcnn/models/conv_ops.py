@@ -304,6 +304,10 @@ def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers
     return "xla"
 
 
+# While `jaxcnn.models.kernels.record` traces a model: the forms "auto" picks, in call order.
+CHOICES_TRACED: list[str] | None = None
+
+
 def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                               rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                               batch_group_count=1, precision=None, preferred_element_type=None):
@@ -313,6 +317,8 @@ def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=No
     choice = "xla" if not plain else auto_choice(lhs.shape, rhs.shape, window_strides, padding,
                                                  dimension_numbers, feature_group_count,
                                                  rhs_dilation, dtype=dtype)
+    if CHOICES_TRACED is not None:
+        CHOICES_TRACED.append(choice)
     return FORMS[choice](
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,

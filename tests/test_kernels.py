@@ -1,0 +1,46 @@
+"""The kernels a program runs, recorded (`jaxcnn.models.kernels`): per convolution layer the form
+"auto" resolves to, oneDNN's status, and the record in every checkpoint's metadata."""
+import dataclasses
+import os
+
+import orbax.checkpoint as ocp
+
+from jaxcnn import checkpoint, models, trainer
+from jaxcnn.config import DataConfig, TrainConfig
+from jaxcnn.models import kernels
+
+
+def test_each_convolution_layer_is_recorded_with_the_form_it_runs():
+    # The suite's 8 fake devices keep "auto" off oneDNN: the forms of several devices.
+    rec = kernels.record(models.create("lenet5", 10), (32, 32, 1))
+    assert rec["platform"] == "cpu" and rec["devices"] == 8 and rec["cpu_forms"] is True
+    assert rec["convolutions"] == {"conv1/conv": "single_channel", "conv2/conv": "col2im_grad",
+                                   "conv3/conv": "im2col"}
+    forced = kernels.record(models.create("lenet5", 10, conv_impl="xla"), (32, 32, 1))
+    assert forced["conv_impl"] == "xla" and set(forced["convolutions"].values()) == {"xla"}
+    assert rec["onednn"] == kernels.onednn_status()
+    assert rec["onednn"].startswith(("built (float32", "unavailable ("))
+
+
+def test_every_checkpoint_says_which_kernels_its_run_used(tmp_path):
+    cfg = TrainConfig(data=DataConfig(batch_size=32), steps=2, log_every=1, plot=False,
+                      workdir=str(tmp_path))
+    trainer.train_and_evaluate(cfg)
+    manager = ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints"))
+    meta = checkpoint.read_meta(manager, 2)
+    manager.close()
+    assert meta["kernels"] == kernels.record(models.create("lenet5", 10), (32, 32, 1))
+    # A checkpoint written before kernels were recorded still resumes.
+    longer = dataclasses.replace(cfg, steps=3)
+    _, result = trainer.train_and_evaluate(longer)
+    assert result["step"] == 3
+
+
+def test_a_sweep_result_says_which_kernels_it_ran(tmp_path):
+    from jaxcnn.ablation import records
+    from jaxcnn.ablation.spec import Run
+    cfg = TrainConfig(data=DataConfig(batch_size=32), steps=2, log_every=1, plot=False,
+                      workdir=str(tmp_path / "base/seed=0"))
+    state, metrics = trainer.train_and_evaluate(cfg)
+    result = records.write_result(Run(0, "base", 0, ()), cfg, state, metrics)
+    assert result["kernels"]["convolutions"]["conv1/conv"] == "single_channel"

@@ -38,6 +38,7 @@ from absl import app, flags, logging
 from experiments import cli, launchers, model_flags, sweep_flags, sweep_store
 from jaxcnn import checkpoint, packing, trainer
 from jaxcnn.ablation import records, report
+from jaxcnn.ablation.result import write_result
 from jaxcnn.ablation.spec import Run, Sweep
 
 flags.DEFINE_bool("list", False, "Print the runs with their index and status, and stop.")
@@ -114,9 +115,9 @@ def train_runs(sweep: Sweep, runs: list[Run], sweep_dir: str, should_stop) -> No
             if member.failure:
                 records.write_failure(sweep_dir, run, member.failure)
                 continue
-            result = records.write_result(run, member.cfg, member.state, member.result)
+            result = write_result(run, member.cfg, member.state, member.result)
             print(f"run {run.index} ({run.directory}): test top-1 {100 * result['top1']:.2f}%")
-        if all(r.status != records.PENDING for r in report.read_records(sweep_dir, sweep)):
+        if all(r.status != records.PENDING for r in records.read_records(sweep_dir, sweep)):
             report.write(sweep_dir, sweep, FLAGS.baseline)
             print(f"all runs recorded: {sweep_dir}/summary.md")
     if failed:
@@ -137,7 +138,7 @@ def pack_runs(todo: list[Run], sweep_dir: str, size: int) -> list[tuple[Run, ...
 
 
 def print_runs(sweep: Sweep, sweep_dir: str) -> None:
-    runs = report.read_records(sweep_dir, sweep)
+    runs = records.read_records(sweep_dir, sweep)
     axes = " x ".join(f"{a.name} ({len(a.values)})" for a in sweep.axes) or "no axes"
     print(f"{len(runs)} runs: {len(sweep.configs())} configurations ({sweep.mode} of {axes}) "
           f"x {sweep.seeds} seeds, in {sweep_dir}")
@@ -153,7 +154,7 @@ def print_runs(sweep: Sweep, sweep_dir: str) -> None:
 
 def runs_to_launch(sweep: Sweep, sweep_dir: str) -> list[Run]:
     wanted = records.FAILED if FLAGS.retry_failed else records.PENDING
-    return [r.run for r in report.read_records(sweep_dir, sweep) if r.status == wanted]
+    return [r.run for r in records.read_records(sweep_dir, sweep) if r.status == wanted]
 
 
 def launch_local(sweep_dir: str, jobs: list[tuple[Run, ...]], launch, should_stop) -> bool:

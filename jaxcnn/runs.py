@@ -23,7 +23,7 @@ from absl import logging
 
 from jaxcnn import checkpoint, models
 from jaxcnn.config import DataConfig, ModelConfig, TrainConfig
-from jaxcnn.metric_writers import read_metrics
+from jaxcnn.metrics_file import read_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Run:
     variables: dict                   # {"params", "batch_stats"}
     config: TrainConfig
     class_names: list[str]
-    rows: list[dict]                  # see metric_writers.read_metrics
+    rows: list[dict]                  # see metrics_file.read_metrics
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -125,3 +125,16 @@ def test_summary_counts_failed_and_pending_runs_and_never_averages_them():
     table = report.markdown([base, fact])
     assert "| factorize=2 | 2 | 1 | 1 | 58.00 ± 2.83 |" in table
     assert "- factorize=2, seed=2: non-finite loss or gradient at step 7" in table
+
+
+def test_welch_p_with_a_constant_sample_is_welchs_limit_and_warns_nothing():
+    """Seeds that all reach the same accuracy: Welch's t with that variance zero (the one-sample
+    test of the other sample), not scipy's cancellation warning."""
+    import warnings
+    b = [0.97, 0.975, 0.96]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = stats.welch_p([0.98] * 3, b)
+        nearly = stats.welch_p([0.98, 0.98, 0.98 + 1e-9], b)
+        assert math.isnan(stats.welch_p([0.98] * 3, [0.98] * 3))
+    assert p == pytest.approx(nearly, rel=1e-5) and 0 < p < 1

@@ -31,7 +31,8 @@ from PIL import Image
 
 from jaxcnn import predict, runs
 from jaxcnn.data import sources
-from jaxcnn.metric_writers import MetricWriter, read_metrics
+from jaxcnn.metric_writers import MetricWriter
+from jaxcnn.metrics_file import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ("--model=lenet5", "--dataset=digits", "--batch_size=32", "--eval_batch_size=64",

@@ -37,10 +37,10 @@ def test_every_checkpoint_says_which_kernels_its_run_used(tmp_path):
 
 
 def test_a_sweep_result_says_which_kernels_it_ran(tmp_path):
-    from jaxcnn.ablation import records
+    from jaxcnn.ablation import result as result_lib
     from jaxcnn.ablation.spec import Run
     cfg = TrainConfig(data=DataConfig(batch_size=32), steps=2, log_every=1, plot=False,
                       workdir=str(tmp_path / "base/seed=0"))
     state, metrics = trainer.train_and_evaluate(cfg)
-    result = records.write_result(Run(0, "base", 0, ()), cfg, state, metrics)
+    result = result_lib.write_result(Run(0, "base", 0, ()), cfg, state, metrics)
     assert result["kernels"]["convolutions"]["conv1/conv"] == "single_channel"

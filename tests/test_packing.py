@@ -15,7 +15,7 @@ from PIL import Image
 
 from jaxcnn import data, optim, packing, runs, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from jaxcnn.metric_writers import read_metrics
+from jaxcnn.metrics_file import read_metrics
 
 
 def config(workdir, seed=0, **optim_values) -> TrainConfig:

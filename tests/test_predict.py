@@ -12,7 +12,7 @@ from sklearn import metrics
 from jaxcnn import data, parallel, predict, runs, trainer
 from jaxcnn.data import pil_ops, sources
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from jaxcnn.metric_writers import read_metrics
+from jaxcnn.metrics_file import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES = 16

@@ -12,7 +12,7 @@ import pytest
 
 from jaxcnn import checkpoint, runs, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from jaxcnn.metric_writers import read_metrics
+from jaxcnn.metrics_file import read_metrics
 from jaxcnn.models.lenet import LeNet5
 
 # A skipped damaged checkpoint leaves no "Event loop is closed" traceback behind (checkpoint.reading).

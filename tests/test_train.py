@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxcnn import models, train, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from jaxcnn.metric_writers import read_metrics
+from jaxcnn.metrics_file import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

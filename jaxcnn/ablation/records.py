@@ -2,23 +2,17 @@
 finished or `failed.json` (with a one-line reason) once it has failed; neither means pending
 (queued, running, preempted, or killed before it could say). Each file is written atomically and
 only by its own run, so runs finishing at the same moment never touch each other's record.
+Reading needs no JAX (`jaxcnn.ablation.result` writes a finished run's record).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import statistics
 import tempfile
 import time
 
-import jax
-
-from jaxcnn import data, models, trainer
-from jaxcnn.ablation.spec import Run
-from jaxcnn.config import TrainConfig
-from jaxcnn.metric_writers import read_metrics
-from jaxcnn.models import kernels, summary
+from jaxcnn.ablation.spec import Run, Sweep
 
 RESULT_FILE, FAILED_FILE = "result.json", "failed.json"
 FINISHED, FAILED, PENDING = "finished", "failed", "pending"
@@ -62,25 +56,9 @@ def read(sweep_dir: str, run: Run) -> Record:
     return Record(run, PENDING, {})
 
 
-def write_result(run: Run, cfg: TrainConfig, state, metrics: dict) -> dict:
-    """result.json, in the run's workdir, of a finished run: test metrics, size, cost and speed."""
-    num_classes = data.dataset_info(cfg.data).num_classes
-    model = models.create(cfg.model.name, num_classes, **cfg.model.options)
-    image_shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
-    rows = read_metrics(cfg.workdir)
-    result = {"index": run.index, "config": run.config, "seed": run.seed,
-              "overrides": dict(run.overrides), "model": cfg.model.name,
-              "model_options": trainer.json_safe(cfg.model.options),
-              "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
-              "params": sum(p.size for p in jax.tree.leaves(state.params)),
-              "flops_per_image": summary.flops_per_image(model, image_shape),
-              "kernels": kernels.record(model, image_shape),
-              "seconds_per_epoch": seconds_per_epoch(rows, cfg.data.batch_size),
-              "epochs": max(r["epoch"] for r in rows if r["split"] == "test"),
-              "steps": metrics["step"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_atomically(os.path.join(cfg.workdir, RESULT_FILE), json.dumps(result, indent=1))
-    _remove(os.path.join(cfg.workdir, FAILED_FILE))
-    return result
+def read_records(sweep_dir: str, sweep: Sweep) -> list[Record]:
+    """Every run's record, in run order."""
+    return [read(sweep_dir, run) for run in sweep.runs()]
 
 
 def write_failure(sweep_dir: str, run: Run, reason: str) -> None:
@@ -92,17 +70,9 @@ def write_failure(sweep_dir: str, run: Run, reason: str) -> None:
 
 def clear_failure(sweep_dir: str, run: Run) -> None:
     """Forgets a recorded failure (the run is being tried again)."""
-    _remove(os.path.join(sweep_dir, run.directory, FAILED_FILE))
+    remove_if_present(os.path.join(sweep_dir, run.directory, FAILED_FILE))
 
 
-def _remove(path: str) -> None:
+def remove_if_present(path: str) -> None:
     if os.path.exists(path):
         os.unlink(path)
-
-
-def seconds_per_epoch(rows: list[dict], batch_size: int) -> float:
-    """Training seconds per epoch at the median logged throughput: compilation, evaluation and
-    checkpointing are left out, and a resumed run's rows count like the others."""
-    train = [r for r in rows if r["split"] == "train"]
-    steps_per_epoch = train[-1]["step"] / train[-1]["epoch"]
-    return steps_per_epoch * batch_size / statistics.median(r["images_per_s"] for r in train)

@@ -19,15 +19,11 @@ RUN_COLUMNS = ("index", "config", "seed", "status", "top1", "top5", "loss", "par
                "flops_per_image", "seconds_per_epoch", "epochs", "steps", "reason", "directory")
 
 
-def read_records(sweep_dir: str, sweep: Sweep) -> list[records_lib.Record]:
-    return [records_lib.read(sweep_dir, run) for run in sweep.runs()]
-
-
 def write(sweep_dir: str, sweep: Sweep, baseline: str | None = None
           ) -> tuple[list[ConfigSummary], str]:
     """Rewrites the report of `sweep` in `sweep_dir`; returns the summaries and summary.md's text.
     baseline: a selection such as "factorize=2" (default: the first value of every axis)."""
-    records = read_records(sweep_dir, sweep)
+    records = records_lib.read_records(sweep_dir, sweep)
     summaries = summarize(records, sweep.baseline(baseline))
     axes = [a.name for a in sweep.axes]
     _write_csv(os.path.join(sweep_dir, "runs.csv"), (*axes, *RUN_COLUMNS),

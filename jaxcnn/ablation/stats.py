@@ -43,7 +43,21 @@ def welch_p(values, baseline) -> float:
     """Two-sided p-value of Welch's t-test (unequal variances); nan where it is undefined."""
     if len(values) < 2 or len(baseline) < 2:
         return math.nan
+    constant = [_constant(values), _constant(baseline)]
+    if all(constant):   # no variance at all: no test
+        return math.nan
+    if any(constant):
+        # Welch's t with one variance zero is the one-sample t-test of the other sample against
+        # the constant (df = n - 1), without scipy's cancellation warning on a constant sample.
+        sample, constant_value = (baseline, values[0]) if constant[0] else (values, baseline[0])
+        return float(stats.ttest_1samp(sample, constant_value).pvalue)
     return float(stats.ttest_ind(values, baseline, equal_var=False).pvalue)
+
+
+def _constant(values) -> bool:
+    """Equal up to float64 rounding (seeds that all reached the same accuracy)."""
+    values = np.asarray(values, np.float64)
+    return float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.abs(values).max()))
 
 
 @dataclasses.dataclass(frozen=True)

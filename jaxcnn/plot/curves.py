@@ -5,12 +5,12 @@ import os
 
 from matplotlib.figure import Figure
 
-from jaxcnn.metric_writers import read_metrics
+from jaxcnn.metrics_file import read_metrics
 
 
 def curves_figure(rows: list[dict], title: str | None = None) -> Figure:
     """Loss (left) and top-1 accuracy in % (right) against the epoch, one line per split, from
-    rows such as `metric_writers.read_metrics` or `runs.load(...).rows` gives."""
+    rows such as `metrics_file.read_metrics` or `runs.load(...).rows` gives."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     for split, style in (("train", "-"), ("test", "o-")):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxcnn.metric_writers import read_metrics
+from jaxcnn.metrics_file import read_metrics
 
 
 def _top1_error(estimate) -> list[list[float]] | None:

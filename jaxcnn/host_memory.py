@@ -4,7 +4,7 @@ XLA:CPU allocates each execution's buffers with `posix_memalign` from its worker
 gives those threads arenas of their own, and such an arena holds no block above 64 MB: it maps
 each one with mmap and unmaps it when freed. So every training step faults all its large buffers
 in again, page by page, and the kernel zeroes them: per VGG-16 train step (batch 4, 2 cores,
-BENCHMARKS.md) 1.1 GB of page faults and ~0.47 s of system time, per AlexNet forward-backward
+docs/perf_history.md) 1.1 GB of page faults and ~0.47 s of system time, per AlexNet forward-backward
 (batch 16) 0.28 GB. One arena that never maps and never trims (glibc's `mallopt`) keeps those
 blocks in the process, and the steps reuse them without a fault. PyTorch's CPU steps pay the same
 faults and gain the same from this.

@@ -2,7 +2,7 @@
 
 One setting so far, on CPU only: no YNNPACK fusion. jax 0.10.2's XLA:CPU fuses with YNNPACK by
 default, and in VGG-16 it fuses the last max-pool with the whole FC head into one kernel that takes
-~600 ms per batch of 4, against 15 ms for the same head without it (BENCHMARKS.md). Set per
+~600 ms per batch of 4, against 15 ms for the same head without it (docs/perf_history.md). Set per
 program, not via XLA_FLAGS, so that it holds however jaxcnn is launched; an
 `--xla_cpu_experimental_ynn_fusion_type` given in XLA_FLAGS is left to win, to compare the two.
 """

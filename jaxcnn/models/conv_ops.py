@@ -164,7 +164,7 @@ def single_channel_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_d
                                         precision=None, preferred_element_type=None):
     """`lax.conv_general_dilated` for one input channel as an elementwise sum over kernel taps
     (forward) with XLA's own gradients (backward): for LeNet's grayscale first conv, XLA:CPU's
-    convolution spends ~7 ms where the elementwise sum takes ~1 (BENCHMARKS.md)."""
+    convolution spends ~7 ms where the elementwise sum takes ~1 (docs/perf_history.md)."""
     one_channel = ("one input channel", lambda x: x.shape[-1] == 1)
     return _nhwc_form(_single_channel_conv, one_channel, lhs, rhs, window_strides, padding,
                       lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
@@ -176,7 +176,7 @@ def _col2im(cols, padded_sizes, strides, rhs_dilation, dim=0):
     (N, padded..., C), each tap's slice placed by `lax.pad` where that tap reads. Taps of later
     window axes are summed first, on slices indexed down to (N, spatial..., C): XLA:CPU ran one
     sum over all taps ~1.5× slower, and width placing on slices still holding the kernel-row axis
-    ~4× slower (BENCHMARKS.md)."""
+    ~4× slower (docs/perf_history.md)."""
     spatial = len(padded_sizes)
     if dim == spatial:
         return cols
@@ -224,7 +224,7 @@ def col2im_grad_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dila
                                      preferred_element_type=None):
     """`lax.conv_general_dilated` (XLA's, forward and kernel gradient) whose input gradient is
     one matmul and col2im: XLA:CPU's transposed convolution onto few channels is slow (LeNet's
-    6-channel conv2: forward-backward 16.6 ms with it, 7.5 with this; BENCHMARKS.md)."""
+    6-channel conv2: forward-backward 16.6 ms with it, 7.5 with this; docs/perf_history.md)."""
     two_d = ("2-D maps", lambda x: x.ndim == 4)
     return _nhwc_form(_col2im_grad_conv, two_d, lhs, rhs, window_strides, padding, lhs_dilation,
                       rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,

@@ -4,8 +4,8 @@ The input gradient of a dense layer, dy @ kernel.T, contracts the kernel over it
 dimension, and XLA:CPU's dot runs that form several times slower than the forward product (for
 VGG-16's fc1 at batch 4 it was the costliest single op of the train step in a jax.profiler
 trace). Split into blocks of kernel rows as a batched dot, the same product runs near forward
-speed. Values and gradients equal `lax.dot_general`'s to float32 rounding; BENCHMARKS.md has the
-model timings before and after.
+speed. Values and gradients equal `lax.dot_general`'s to float32 rounding; docs/perf_history.md
+has the model timings before and after.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ and mean square forward; the bias and scale gradients backward). XLA:CPU runs su
 reduce-windows, and in vgg_cifar's train step they took ~40% of the step in a jax.profiler trace.
 Here each is a matmul with a vector of ones (`channel_sum`), 3-5x faster, inside a custom VJP that
 writes the batch-norm gradient out with those sums. On GPU / TPU the layer is `nn.BatchNorm`'s
-own arithmetic. BENCHMARKS.md has the model timings before and after.
+own arithmetic. docs/perf_history.md has the model timings before and after.
 """
 from __future__ import annotations
 

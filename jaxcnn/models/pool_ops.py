@@ -8,7 +8,7 @@ select-and-scatter does (so ties, e.g. windows of ReLU zeros, go where they went
 elementwise, one stride phase of the input at a time: for windows that tile the input (VGG's
 2×2 / 2) each phase is one tap; for overlapping ones (AlexNet's 3×3 / 2) a sum of shifted slices
 (a padded copy per tap, summed, was 4-5× slower). The forward pass is the maximum of the taps'
-strided slices. BENCHMARKS.md has the timings before and after.
+strided slices. docs/perf_history.md has the timings before and after.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -109,8 +110,8 @@ def evaluate(eval_step: Callable, state: train.TrainState, data_cfg: DataConfig,
         out = eval_step(state, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    count = sums.pop("count")
-    return {**{k: v / count for k, v in sums.items()}, "count": count}
+    count = np.asarray(sums.pop("count"), np.float64)
+    return {**{k: np.asarray(v, np.float64) / count for k, v in sums.items()}, "count": count}
 
 
 def member_values(values: dict, k: int, packed: bool) -> dict:

@@ -128,7 +128,7 @@ def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_p
 
 
 def test_a_stopped_pack_resumes_to_the_uninterrupted_result(tmp_path):
-    configs = [config(tmp_path / f"m{s}", seed=s, learning_rate=lr)
+    configs = [dataclasses.replace(config(tmp_path / f"m{s}", seed=s, learning_rate=lr), steps=14)
                for s, lr in ((0, 0.05), (1, 0.1))]
     calls = iter(range(1000))
     stopped = trainer.train_members(configs, should_stop=lambda: next(calls) == 9)   # at step 10

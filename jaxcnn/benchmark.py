@@ -150,12 +150,13 @@ def train_step_and_args(model: nn.Module, images: jax.Array, seed: int = 0, pack
     [K, B, ...] and `jaxcnn.packing.train_step` of K members (seeds seed..seed+K-1) with its
     (states, batches, hyperparameters, alive) arguments."""
     cfg = OptimConfig()
-    batch_size, image_shape = images.shape[pack > 1], images.shape[1 + (pack > 1):]
+    batch_shape = images.shape[:2] if pack > 1 else images.shape[:1]   # ([K,] B)
+    batch_size, image_shape = batch_shape[-1], images.shape[len(batch_shape):]
     schedule = optim.learning_rate_schedule(cfg, steps_per_epoch=1, global_batch=batch_size,
                                             total_steps=1)
     tx = optim.create_optimizer(cfg, schedule, steps_per_epoch=1)
     state_key, label_key = jax.random.split(jax.random.key(seed))
-    labels = jax.random.randint(label_key, images.shape[:1 + (pack > 1)], 0, model.num_classes)
+    labels = jax.random.randint(label_key, batch_shape, 0, model.num_classes)
     init = functools.partial(train.create_train_state, model=model, input_shape=image_shape,
                              tx=tx, lr_fn=schedule)
     if pack == 1:

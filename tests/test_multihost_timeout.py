@@ -47,19 +47,16 @@ def assert_one_line_error(result, expected):
     assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
 
 
-def test_a_coordinator_that_cannot_be_reached_ends_the_process_with_one_line(tmp_path):
+@pytest.mark.parametrize("process_id, message", [
+    (1, "nothing answered at the coordinator address 127.0.0.1:{port} within {timeout} s"),
+    (0, "not all 2 processes joined the coordinator at 127.0.0.1:{port} (this process, 0) within "
+        "{timeout} s")])
+def test_a_coordinator_nobody_reaches_ends_each_process_with_one_line(tmp_path, process_id,
+                                                                       message):
+    """Process 1 finds nothing at the address; process 0 serves it, but its peer never comes."""
     port = free_port()
-    result, seconds = join(tmp_path / "run", *explicitly(1, port))
-    assert_one_line_error(result, f"nothing answered at the coordinator address 127.0.0.1:{port} "
-                                  f"within {TIMEOUT_S} s")
-    assert seconds < STARTUP_S, f"took {seconds:.0f} s"
-
-
-def test_process_0_whose_peer_never_comes_ends_with_one_line(tmp_path):
-    port = free_port()
-    result, seconds = join(tmp_path / "run", *explicitly(0, port))
-    assert_one_line_error(result, f"not all 2 processes joined the coordinator at 127.0.0.1:{port} "
-                                  f"(this process, 0) within {TIMEOUT_S} s")
+    result, seconds = join(tmp_path / "run", *explicitly(process_id, port))
+    assert_one_line_error(result, message.format(port=port, timeout=TIMEOUT_S))
     assert seconds < STARTUP_S, f"took {seconds:.0f} s"
 
 

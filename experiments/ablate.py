@@ -199,7 +199,7 @@ def main(argv):
                 raise ValueError(f"--run_index={','.join(FLAGS.run_index)}: this sweep has runs "
                                  f"0 to {len(runs) - 1}")
             runs = [runs[int(i)] for i in FLAGS.run_index]
-            cli.start_jax(sweep_flags.run_config(runs[0], sweep_dir).data.image_size)
+            cli.start_jax(sweep_flags.run_config(runs[0], sweep_dir))
             return train_runs(sweep, runs, sweep_dir, should_stop)
         sweep_flags.check_configs(sweep, sweep_dir)
         if FLAGS.list:

@@ -9,7 +9,7 @@ FLOPs per image (analytic and XLA's), TFLOP/s and MFU; with torch, the same mode
 PyTorch twin (`experiments.torch_reference`) is timed too, batch for batch in alternation with
 jaxcnn so that both see the same machine load, and the ratio jaxcnn / torch is printed. Every
 figure comes with the CPU, both frameworks' threads, XLA's flags and compiler options, whether
-freed host memory is kept (`jaxcnn.host_memory`, as the training job does for large images; torch
+freed host memory is kept (`jaxcnn.cpu.host_memory`, as the training job does for large images; torch
 shares it, being in the same process) and the load average before and after each mode; a ratio
 taken under load is marked unreliable (`experiments.machine`).
 """
@@ -26,8 +26,9 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import cli, machine, model_flags, timing_flags
-from jaxcnn import benchmark, host_memory, models, xla_options
-from jaxcnn.models import kernels, summary
+from jaxcnn import benchmark, models
+from jaxcnn.cpu import host_memory, record, xla_options
+from jaxcnn.models import summary
 
 flags.DEFINE_integer("num_classes", 1000, "classifier outputs", lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "images per batch", lower_bound=1)
@@ -65,7 +66,7 @@ def torch_twin(name: str, image_shape: tuple[int, int, int]) -> TorchTwin | None
     from experiments import torch_reference  # noqa: PLC0415  (torch is optional)
     import torch  # noqa: PLC0415
 
-    options = [o for o in model_flags.model_options() if o not in ("conv_impl", "dtype")]
+    options = [o for o in model_flags.model_options() if o not in ("cpu_kernels", "conv_impl", "dtype")]
     device = torch_device()
     if device is None:
         print(f"no PyTorch device beside JAX's {jax.default_backend()}; timing jaxcnn only")
@@ -114,7 +115,8 @@ def run():
     model = models.create(FLAGS.model, FLAGS.num_classes, **{**options, "dtype": dtype})
     h, w, c = models.input_shape(FLAGS.model)
     image_shape = (h, w, c) if FLAGS.image_size is None else (FLAGS.image_size,) * 2 + (c,)
-    host_memory.reuse_freed_memory_for(image_shape[0])     # as the training job does
+    if model.cpu_kernels != "off":                         # as the training job does
+        host_memory.reuse_freed_memory_for(image_shape[0])
     twin = torch_twin(FLAGS.model, image_shape) if FLAGS.torch else None
     rows = []
     packs = [int(k) for k in FLAGS.pack]
@@ -144,10 +146,10 @@ def run():
               "num_batches": FLAGS.num_batches, "burn_in": FLAGS.burn_in,
               "device": jax.devices()[0].device_kind,
               "machine": machine.record(twin and twin.threads),
-              "compiler_options": xla_options.compiler_options(), "params": params,
+              "compiler_options": xla_options.compiler_options(model.cpu_kernels), "params": params,
               "torch_params": twin and twin.params, "torch_device": twin and twin.device,
               "forward_flops_per_image": forward_flops,
-              "kernels": kernels.record(model, image_shape)}
+              "kernels": record.record(model, image_shape)}
     if FLAGS.json:
         print(json.dumps({"config": config, "results": rows}))
         return

@@ -14,7 +14,9 @@ from typing import NoReturn
 
 from absl import flags, logging
 
-from jaxcnn import checkpoint, host_memory, parallel, trainer
+from jaxcnn import checkpoint, parallel, trainer
+from jaxcnn.cpu import host_memory
+from jaxcnn.config import TrainConfig
 
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.", lower_bound=1)
@@ -128,11 +130,13 @@ def start(argv: list[str]) -> StopRequest:
     return StopRequest()
 
 
-def start_jax(image_size: int) -> None:
+def start_jax(config: TrainConfig) -> None:
     """What a training process does before anything starts a JAX backend (tracing a model does):
-    keeps freed host memory for the next step when its images are large (`jaxcnn.host_memory`),
-    then joins the multi-host job the flags describe, after checking that they describe one."""
-    host_memory.reuse_freed_memory_for(image_size)
+    keeps freed host memory for the next step when its images are large and its model's
+    `cpu_kernels` is not "off" (`jaxcnn.cpu.host_memory`), then joins the multi-host job the
+    flags describe, after checking that they describe one."""
+    if config.model.options.get("cpu_kernels", "auto") != "off":
+        host_memory.reuse_freed_memory_for(config.data.image_size)
     if FLAGS.coordinator_address is None and not FLAGS.distributed_from_env:
         if (FLAGS.num_processes or 1) > 1 or FLAGS.process_id:
             fail("--num_processes and --process_id need --coordinator_address=HOST:PORT of "

@@ -6,7 +6,7 @@ PyTorch.
 
 Prints a markdown table: ms per call, forward and forward-backward (gradients of the input and
 the kernel; torch: forward + backward), for the jitted `lax.conv_general_dilated`, the im2col and
-oneDNN forms of `jaxcnn.models.conv_ops` (oneDNN where it is built), the form its "auto" policy
+oneDNN forms of `jaxcnn.cpu.conv` (oneDNN where it is built), the form its "auto" choice
 picks (named in its own column) and a channels_last `torch.nn.Conv2d` without bias, timed
 alternately call by call so that all see the same load (each call also inherits the spinning
 threads of the one before it: compare rows within a column); then the machine and the load
@@ -26,8 +26,9 @@ from absl import app, flags
 from jax import lax
 
 from experiments import cli, machine, timing_flags
-from jaxcnn import benchmark, models, onednn, xla_options
-from jaxcnn.models import conv_ops, summary
+from jaxcnn import benchmark, models
+from jaxcnn.cpu import conv, onednn, policy, xla_options
+from jaxcnn.models import summary
 
 flags.DEFINE_list("layers_of", ["vgg16:224:4", "vgg_cifar:32:64"],
                   "model:image_size:batch_size, whose distinct conv shapes are timed")
@@ -105,10 +106,10 @@ def torch_calls(shape: ConvShape) -> tuple[Callable, Callable]:
 def time_shape(shape: ConvShape, burn_in: int, num_batches: int, with_torch: bool) -> dict:
     """Median ms of forward and forward-backward per formulation, and the load around them."""
     impls = {"xla": jax_calls(shape, lax.conv_general_dilated),
-             "im2col": jax_calls(shape, conv_ops.im2col_conv_general_dilated)}
+             "im2col": jax_calls(shape, conv.im2col_conv_general_dilated)}
     if onednn.available():
-        impls["onednn"] = jax_calls(shape, conv_ops.onednn_conv_general_dilated)
-    impls["auto"] = jax_calls(shape, conv_ops.auto_conv_general_dilated)
+        impls["onednn"] = jax_calls(shape, conv.onednn_conv_general_dilated)
+    impls["auto"] = jax_calls(shape, policy.conv_general_dilated("auto"))
     if with_torch:
         impls["torch"] = torch_calls(shape)
     load_before, others = os.getloadavg(), machine.OtherProcesses().start()
@@ -117,9 +118,9 @@ def time_shape(shape: ConvShape, burn_in: int, num_batches: int, with_torch: boo
         seconds = benchmark.time_calls(*(calls[i] for calls in impls.values()), burn_in=burn_in,
                                        num_batches=num_batches)
         row.update({(impl, mode): 1e3 * float(np.median(s)) for impl, s in zip(impls, seconds)})
-    choice = conv_ops.auto_choice(shape.input_shape, (*shape.kernel, shape.input_shape[-1],
-                                                      shape.features), shape.strides,
-                                  shape.padding, NHWC)
+    choice = conv.auto_choice(shape.input_shape, (*shape.kernel, shape.input_shape[-1],
+                                                  shape.features), shape.strides,
+                              shape.padding, NHWC)
     load = machine.load_check(load_before, os.getloadavg(), os.cpu_count(), others.stop())
     return {"ms": row, "auto_choice": choice, **load}
 

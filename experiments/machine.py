@@ -16,10 +16,8 @@ import platform
 import time
 from typing import Sequence
 
-import jax
-
-from jaxcnn import host_memory
-from jaxcnn.models import kernels
+from jaxcnn.cpu import host_memory
+from jaxcnn.cpu.record import onednn_status
 
 LOAD_LIMIT_PER_CORE = 0.5
 
@@ -39,13 +37,13 @@ def cpu_model() -> str:
 def record(torch_threads: int | None = None) -> dict:
     """The machine and both frameworks' threads. XLA:CPU runs one thread per CPU this process may
     use (its affinity mask); torch's intra-op threads are `torch.get_num_threads()`. Whether
-    jaxcnn's oneDNN convolutions are built (`conv_ops`' "auto" runs them on one CPU device)."""
+    jaxcnn's oneDNN convolutions are built (`jaxcnn.cpu.conv`'s "auto" runs them on one CPU device)."""
     return {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "xla_threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch_threads,
             "freed_host_memory": "kept" if host_memory.reusing() else "returned",
-            "onednn_convolutions": kernels.onednn_status()}
+            "onednn_convolutions": onednn_status()}
 
 
 def describe(host: dict, compiler_options: dict, freed_host_memory: str | None = None) -> str:
@@ -53,7 +51,7 @@ def describe(host: dict, compiler_options: dict, freed_host_memory: str | None =
     to say of it instead of the host's own "kept" / "returned")."""
     return (f"{host['cpu']}, {host['cpu_count']} cores; XLA {host['xla_threads']} threads, "
             f"XLA_FLAGS={host['xla_flags']!r}, compiler options {compiler_options}; freed host "
-            f"memory {freed_host_memory or host['freed_host_memory']} (jaxcnn.host_memory)"
+            f"memory {freed_host_memory or host['freed_host_memory']} (jaxcnn.cpu.host_memory)"
             + (f"; oneDNN convolutions {host['onednn_convolutions']}"
                if "onednn_convolutions" in host else ""))
 

@@ -12,13 +12,16 @@ flags.DEFINE_string("multi_branch", "none", "Conv layers made parallel 1/3/5/7 c
 flags.DEFINE_float("dropout", 0.5, "Dropout rate of the classifier.")
 flags.DEFINE_float("bn_momentum", 0.9, "Batch-norm moving-average decay.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype (params stay float32).")
+flags.DEFINE_enum("cpu_kernels", "auto", ["auto", "off"],
+                  "auto: on CPU, the faster forms of jaxcnn.cpu (oneDNN's convolutions where "
+                  "built, custom gradients); off: flax's layers and XLA's defaults everywhere.")
 flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "im2col", "onednn"],
-                  "Convolution: auto (on CPU: oneDNN's where it is built, im2col for tiny maps / 1x1 "
-                  "kernels; see jaxcnn.models.conv_ops), xla, im2col or onednn.")
+                  "Convolutions' form on CPU: auto (per shape: oneDNN's where it is built, im2col "
+                  "for tiny maps / 1x1 kernels; see jaxcnn.cpu.conv), xla, im2col or onednn.")
 
 FLAGS = flags.FLAGS
 MODEL_OPTION_FLAGS = ("norm", "factorize", "multi_branch", "dropout", "bn_momentum", "dtype",
-                      "conv_impl")
+                      "cpu_kernels", "conv_impl")
 
 
 def was_set(name: str) -> bool:

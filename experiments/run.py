@@ -29,7 +29,7 @@ def main(argv):
         return train_seeds(stop)
     with cli.user_errors():
         config = train_flags.config_from_flags()
-        cli.start_jax(config.data.image_size)
+        cli.start_jax(config)
         _, result = trainer.train_and_evaluate(config, stop)
     if result.get("preempted"):
         print(f"stopped at step {result['step']} with a checkpoint of it in {config.workdir}: "
@@ -52,7 +52,7 @@ def train_seeds(stop: cli.StopRequest) -> None:
                                        data=dataclasses.replace(config.data, seed=seed),
                                        workdir=os.path.join(config.workdir, f"seed={seed}"))
                    for seed in range(FLAGS.seeds)]
-        cli.start_jax(config.data.image_size)
+        cli.start_jax(config)
         members = trainer.train_members(configs, stop)
     if any(m.result.get("preempted") for m in members):
         print(f"stopped at step {members[0].result['step']} with a checkpoint of every member in "

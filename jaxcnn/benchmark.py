@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import optim, packing, train, xla_options
+from jaxcnn import optim, packing, train
+from jaxcnn.cpu import xla_options
 from jaxcnn.config import DataConfig, OptimConfig, TrainConfig
 from jaxcnn.models.summary import analytic_macs
 
@@ -128,7 +129,7 @@ def compile_step(fn: Callable, args: tuple, compiler_options: dict | None = None
                  donate_argnums: tuple[int, ...] = ()) -> tuple[Callable, float, float | None]:
     """`fn` jitted and compiled for `args`: (compiled, trace+lower+compile seconds, XLA FLOPs).
 
-    compiler_options: XLA's; None means jaxcnn's choice for the backend (`xla_options`), {} XLA's
+    compiler_options: XLA's; None means the CPU wing's choice (`jaxcnn.cpu.xla_options`), {} XLA's
     own defaults. donate_argnums: as `jax.jit`'s (the trainer donates the train state)."""
     if compiler_options is None:
         compiler_options = xla_options.compiler_options()
@@ -191,8 +192,8 @@ def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size
                  seed: int = 0, input_dtype=jnp.float32, compiler_options: dict | None = None,
                  pack: int = 1) -> CompiledMode:
     """`mode` of `model` compiled for random (batch_size, *image_shape) images made on the device
-    (`compiler_options`: see `compile_step`); pack=K: K packed members' train step, each member
-    on its own batch."""
+    (`compiler_options`: see `compile_step`; None: the one for the model's `cpu_kernels`);
+    pack=K: K packed members' train step, each member on its own batch."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if pack > 1 and mode != "train_step":
@@ -207,6 +208,8 @@ def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size
         variables = jax.jit(model.init)(init_key, images[:1])
         fn, args = (forward if mode == "forward" else forward_backward)(model), (variables, images)
     donate = (0,) if mode == "train_step" else ()      # the state, as the trainer does
+    if compiler_options is None:
+        compiler_options = xla_options.compiler_options(getattr(model, "cpu_kernels", "auto"))
     compiled, compile_s, xla_flops = compile_step(fn, args, compiler_options, donate)
 
     def call():

@@ -19,8 +19,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxcnn import checkpoint, data, models, optim, packing, parallel, train, xla_options
-from jaxcnn.models import kernels, vgg
+from jaxcnn import checkpoint, data, models, optim, packing, parallel, train
+from jaxcnn.cpu import record, xla_options
+from jaxcnn.models import vgg
 from jaxcnn.config import DataConfig, TrainConfig
 from jaxcnn.metric_writers import MetricWriter
 from jaxcnn.plot import plot_curves
@@ -205,7 +206,7 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
                                          sched.total_steps)
     tx = optim.create_optimizer(cfg.optim, lr_fn, sched.steps_per_epoch)
 
-    kernel_record = kernels.record(model, input_shape)   # into every checkpoint's meta
+    kernel_record = record.record(model, input_shape)   # into every checkpoint's meta
     # --- Shard: the state is created replicated on every device by one jitted init (mapped over
     # the members' seeds: each member's state is its standalone run's).
     init = functools.partial(train.create_train_state, model=model, input_shape=input_shape,
@@ -242,10 +243,10 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
         train_step = jax.jit(step_fn, in_shardings=(replicated, batch_sharding) +
                              (replicated,) * (2 * packed),
                              out_shardings=(replicated,) * (2 + packed), donate_argnums=0,
-                             compiler_options=xla_options.compiler_options())
+                             compiler_options=xla_options.compiler_options(model.cpu_kernels))
         eval_step = jax.jit(functools.partial(eval_fn, logits_fn=logits_fn),
                             in_shardings=(replicated, data_sharding), out_shardings=replicated,
-                            compiler_options=xla_options.compiler_options())
+                            compiler_options=xla_options.compiler_options(model.cpu_kernels))
         merge = jax.jit(merge_metrics, donate_argnums=0)
 
         batches = data.train_batches(cfg.data, data_sharding, start_step=start_step,
@@ -329,7 +330,7 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
 def checkpoint_meta(cfg: TrainConfig, info, input_shape: tuple[int, ...], kernel_record: dict
                     ) -> dict:
     """What a checkpoint says of its run besides the state: model, classes, data, config, and the
-    kernels its program ran (`models.kernels.record`)."""
+    kernels its program ran (`jaxcnn.cpu.record`)."""
     return {"model": cfg.model.name, "model_options": json_safe(cfg.model.options),
             "num_classes": info.num_classes, "class_names": list(info.class_names),
             "input_shape": list(input_shape), "dataset": cfg.data.dataset,

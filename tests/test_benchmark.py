@@ -89,7 +89,7 @@ def test_cli_json_parses():
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert [r["mode"] for r in out["results"]] == ["forward", "forward_backward"]
     assert out["config"]["params"] > 0 and out["results"][0]["images_per_s"] > 0
-    # Freed host memory is kept (jaxcnn.host_memory) only for large images, not these 8×8 ones.
+    # Freed host memory is kept (jaxcnn.cpu.host_memory) only for large images, not these 8×8 ones.
     assert out["config"]["machine"]["freed_host_memory"] == "returned"
 
 
@@ -127,14 +127,14 @@ def test_ratio_table_marks_unreliable_ratios():
                {"impl": "jaxcnn", "mode": "forward_backward", "mean_s": 0.2},
                {"impl": "torch", "mode": "forward_backward", "mean_s": 0.1, "ratio": 2.0,
                 **load(0.9, 3.2)}]
-    # Each model's run decides on host memory (jaxcnn.host_memory): the head says which kept it.
+    # Each model's run decides on host memory (jaxcnn.cpu.host_memory): the head says which kept it.
     large = {**config, "model": "vgg16", "image_shape": [224, 224, 3], "batch_size": 4,
              "num_classes": 1000, "machine": {**host, "freed_host_memory": "kept"}}
     runs = [{"config": config, "results": results}, {"config": large, "results": results[:2]}]
     assert torch_ratios.markdown(runs).splitlines() == [
         "Some CPU, 2 cores; XLA 2 threads, XLA_FLAGS='', compiler options "
         "{'xla_cpu_experimental_ynn_fusion_type': ''}; freed host memory kept for vgg16, "
-        "returned for the others (jaxcnn.host_memory); torch 2 threads; float32, 10 batches "
+        "returned for the others (jaxcnn.cpu.host_memory); torch 2 threads; float32, 10 batches "
         "after 3 burn-in",
         "",
         "| model, image, batch (classes) | mode | jaxcnn s/batch | torch s/batch | jaxcnn / torch "

@@ -2,7 +2,8 @@
 import importlib.util
 
 from experiments import conv_layers
-from jaxcnn import models, onednn
+from jaxcnn import models
+from jaxcnn.cpu import onednn
 
 
 def test_distinct_conv_shapes_of_a_model():

@@ -53,7 +53,7 @@ def test_record_names_the_cpu_and_the_threads():
     host = machine.record(torch_threads=2)
     assert host["cpu"] and host["cpu_count"] >= host["xla_threads"] >= 1
     assert host["torch_threads"] == 2 and isinstance(host["xla_flags"], str)
-    # This test process did not call jaxcnn.host_memory.reuse_freed_memory (the programs do).
+    # This test process did not call jaxcnn.cpu.host_memory.reuse_freed_memory (the programs do).
     assert host["freed_host_memory"] == "returned"
     assert host["onednn_convolutions"] in ("built (float32)", "built (float32, bfloat16)") or (
         host["onednn_convolutions"].startswith("unavailable ("))

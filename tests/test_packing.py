@@ -215,8 +215,9 @@ import dataclasses, sys
 import jax, numpy as np
 sys.path.insert(0, "tests")
 from test_packing import config
-from jaxcnn import onednn, trainer
-from jaxcnn.onednn import ffi
+from jaxcnn import trainer
+from jaxcnn.cpu import onednn
+from jaxcnn.cpu.onednn import ffi
 if not onednn.available():
     print("unavailable:", onednn.unavailable_reason()); sys.exit(0)
 calls, call = [], ffi._call

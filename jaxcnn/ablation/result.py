@@ -13,8 +13,9 @@ from jaxcnn import data, models, trainer
 from jaxcnn.ablation.records import FAILED_FILE, RESULT_FILE, remove_if_present, write_atomically
 from jaxcnn.ablation.spec import Run
 from jaxcnn.config import TrainConfig
+from jaxcnn.cpu import record
 from jaxcnn.metrics_file import read_metrics
-from jaxcnn.models import kernels, summary
+from jaxcnn.models import summary
 
 
 def write_result(run: Run, cfg: TrainConfig, state, metrics: dict) -> dict:
@@ -29,7 +30,7 @@ def write_result(run: Run, cfg: TrainConfig, state, metrics: dict) -> dict:
               "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
               "params": sum(p.size for p in jax.tree.leaves(state.params)),
               "flops_per_image": summary.flops_per_image(model, image_shape),
-              "kernels": kernels.record(model, image_shape),
+              "kernels": record.record(model, image_shape),
               "seconds_per_epoch": seconds_per_epoch(rows, cfg.data.batch_size),
               "epochs": max(r["epoch"] for r in rows if r["split"] == "test"),
               "steps": metrics["step"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}

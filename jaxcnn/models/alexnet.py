@@ -43,6 +43,6 @@ class AlexNet(ConvNet):
             if i in self.lrn_after:
                 x = layers.lrn(x, **(self.lrn_params or layers.TF_LRN))
             if i in self.pool_after:
-                x = layers.max_pool(x, 3, 2)
+                x = self.max_pool(x, 3, 2)
         x = layers.adaptive_avg_pool(x, (6, 6)).reshape(x.shape[0], -1)
-        return layers.classifier(x, (4096, 4096), self.num_classes, self.dropout, train, self.dtype)
+        return self.classifier(x, (4096, 4096), train)

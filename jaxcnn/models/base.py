@@ -6,7 +6,7 @@ from typing import Any, Iterable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models import conv_ops, layers
+from jaxcnn.models import layers
 
 
 class ConvNet(nn.Module):
@@ -16,9 +16,12 @@ class ConvNet(nn.Module):
     factorize / multi_branch: "all", "none" or conv layer numbers (1-based), see `layers.layer_set`.
     dropout: rate of the classifier's dropout layers.
     dtype: computation dtype (parameters stay float32; logits come out float32).
-    conv_impl: "auto" | "xla" | "im2col" | "onednn", how convolutions are computed (see
-      `conv_ops`); "auto" is XLA's conv except on CPU, where it takes oneDNN's (where built) and
-      the forms that beat XLA's on tiny maps; same results to float32 rounding.
+    cpu_kernels: "auto" | "off". "auto": where lowered for CPU the ops take the faster forms of
+      `jaxcnn.cpu` (oneDNN's convolutions where built, custom gradients of bias, pooling, dense
+      and batch norm; the same results to float32 rounding); programs lowered for GPU / TPU are
+      flax's own. "off": flax's layers and XLA's defaults everywhere.
+    conv_impl: "auto" | "xla" | "im2col" | "onednn", the convolutions' form on CPU ("auto": per
+      shape, `jaxcnn.cpu.conv.auto_choice`).
     """
     num_classes: int = 1000
     norm: str = "none"
@@ -27,6 +30,7 @@ class ConvNet(nn.Module):
     dropout: float = 0.5
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
+    cpu_kernels: str = "auto"
     conv_impl: str = "auto"
 
     num_conv_layers = 0  # set by each architecture: how many conv blocks `factorize` etc. can pick
@@ -38,8 +42,16 @@ class ConvNet(nn.Module):
             features, kernel_size, norm=kwargs.pop("norm", self.norm),
             factorize=index in layers.layer_set(self.factorize, n),
             multi_branch=index in layers.layer_set(self.multi_branch, n),
-            bn_momentum=self.bn_momentum, dtype=self.dtype,
-            conv_fn=conv_ops.conv_fn(self.conv_impl), name=f"conv{index}", **kwargs)
+            bn_momentum=self.bn_momentum, dtype=self.dtype, cpu_kernels=self.cpu_kernels,
+            conv_impl=self.conv_impl, name=f"conv{index}", **kwargs)
+
+    def max_pool(self, x, window: int = 2, stride: int = 2, padding: str = "VALID"):
+        return layers.max_pool(x, window, stride, padding, self.cpu_kernels)
+
+    def classifier(self, x, widths, train: bool):
+        """The FC head with this model's classes, dropout, dtype and kernels."""
+        return layers.classifier(x, widths, self.num_classes, self.dropout, train, self.dtype,
+                                 self.cpu_kernels)
 
     def check_input(self, x) -> None:
         layers.check_min_size(x, self.min_input_size, type(self).__name__)

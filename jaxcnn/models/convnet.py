@@ -3,7 +3,7 @@ multi-branch and batch norm."""
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models import bias_ops, conv_ops, layers
+from jaxcnn.models import layers
 from jaxcnn.models.base import ConvNet
 
 
@@ -25,8 +25,8 @@ class ConvNetCifar(ConvNet):
         self.check_input(x)
         for i in (1, 2):
             x = self.conv_block(i, self.width, 5)(x, train)
-            x = layers.max_pool(x, 2, 2, padding="SAME")
-        x = bias_ops.Conv(self.num_classes, (5, 5), padding="SAME",
-                          kernel_init=layers.dense_init, dtype=self.dtype,
-                          conv_general_dilated=conv_ops.conv_fn(self.conv_impl), name="logits")(x)
+            x = self.max_pool(x, 2, 2, padding="SAME")
+        x = layers.conv(self.num_classes, (5, 5), padding="SAME", kernel_init=layers.dense_init,
+                        dtype=self.dtype, cpu_kernels=self.cpu_kernels, conv_impl=self.conv_impl,
+                        name="logits")(x)
         return jnp.mean(x, axis=(-3, -2)).astype(jnp.float32)

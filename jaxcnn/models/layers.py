@@ -3,6 +3,11 @@
 Every convolution in the zoo goes through `ConvBlock`, so the three tricks of the conv-tricks
 article (factorised k×k → k×1·1×k, multi-branch 1/3/5/7 convs, batch norm vs LRN) are switches on
 one module rather than copies of each model.
+
+`conv`, `batch_norm`, `dense` and `max_pool` are flax's `nn.Conv`, `nn.BatchNorm`, `nn.Dense` and
+`nn.max_pool`; where the CPU wing is offered (`cpu_kernels="auto"` in a process computing on CPU,
+`jaxcnn.cpu.policy`) they are its drop-ins, with the same variables, which take faster forms
+where the program is lowered for CPU.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.models import bias_ops, dense_ops, norm_ops, pool_ops
+from jaxcnn.cpu import layers as cpu_layers
+from jaxcnn.cpu import policy
 
 Dtype = Any
 NORMS = ("none", "batch", "lrn")
@@ -82,8 +88,38 @@ def min_size_for(ops: Sequence[tuple[int, int, int]]) -> int:
     return size
 
 
-def max_pool(x, window=2, stride=2, padding="VALID"):
-    return pool_ops.max_pool(x, (window, window), (stride, stride), padding=padding)
+def conv(features: int, kernel_size: Sequence[int], strides: Sequence[int] | int = 1,
+         padding: Any = "SAME", *, groups: int = 1, kernel_init: Callable = conv_init,
+         dtype: Dtype = jnp.float32, cpu_kernels: str = "auto", conv_impl: str = "auto",
+         name: str | None = None) -> nn.Module:
+    """`nn.Conv` with a bias; `conv_impl` is the convolution's form on CPU (`jaxcnn.cpu.policy`)."""
+    policy.check(cpu_kernels, conv_impl)
+    if policy.offered(cpu_kernels):
+        return cpu_layers.Conv(features, kernel_size, strides, padding, feature_group_count=groups,
+                               kernel_init=kernel_init, dtype=dtype, conv_impl=conv_impl, name=name)
+    return nn.Conv(features, kernel_size, strides, padding, feature_group_count=groups,
+                   kernel_init=kernel_init, dtype=dtype, name=name)
+
+
+def batch_norm(train: bool, momentum: float, dtype: Dtype, cpu_kernels: str = "auto",
+               name: str | None = None) -> nn.Module:
+    """`nn.BatchNorm` over the channels (epsilon 1e-5, as PyTorch and TF's Keras layers)."""
+    layer = cpu_layers.BatchNorm if policy.offered(cpu_kernels) else nn.BatchNorm
+    return layer(use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype,
+                 name=name)
+
+
+def dense(features: int, *, kernel_init: Callable = dense_init, dtype: Dtype = jnp.float32,
+          cpu_kernels: str = "auto", name: str | None = None) -> nn.Dense:
+    """`nn.Dense`, with the wing's `dot_general` where it is offered."""
+    return nn.Dense(features, kernel_init=kernel_init, dtype=dtype, name=name,
+                    dot_general=policy.dot_general if policy.offered(cpu_kernels) else None)
+
+
+def max_pool(x, window=2, stride=2, padding="VALID", cpu_kernels: str = "auto"):
+    """`nn.max_pool` with a square window and stride."""
+    pool = policy.max_pool if policy.offered(cpu_kernels) else nn.max_pool
+    return pool(x, (window, window), (stride, stride), padding)
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
@@ -126,12 +162,12 @@ class ConvBlock(nn.Module):
     bn_momentum: float = 0.9
     lrn_params: dict | None = None
     dtype: Dtype = jnp.float32
-    conv_fn: Callable = jax.lax.conv_general_dilated   # or a replacement, see `conv_ops`
+    cpu_kernels: str = "auto"
+    conv_impl: str = "auto"
 
     def _conv(self, features, kernel, strides, padding, name):
-        return bias_ops.Conv(features, kernel, strides, padding=padding,
-                             feature_group_count=self.groups, kernel_init=conv_init,
-                             dtype=self.dtype, conv_general_dilated=self.conv_fn, name=name)
+        return conv(features, kernel, strides, padding, groups=self.groups, dtype=self.dtype,
+                    cpu_kernels=self.cpu_kernels, conv_impl=self.conv_impl, name=name)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -157,8 +193,7 @@ class ConvBlock(nn.Module):
         else:
             y = self._conv(self.features, (k, k), (s, s), [(p, p)] * 2, "conv")(x)
         if self.norm == "batch":
-            y = norm_ops.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                   epsilon=1e-5, dtype=self.dtype, name="bn")(y)
+            y = batch_norm(train, self.bn_momentum, self.dtype, self.cpu_kernels, name="bn")(y)
         y = nn.relu(y)
         if self.norm == "lrn":
             y = lrn(y, **(self.lrn_params or TF_LRN))
@@ -166,11 +201,9 @@ class ConvBlock(nn.Module):
 
 
 def classifier(x, widths: Sequence[int], num_classes: int, dropout: float, train: bool,
-               dtype: Dtype, names: Sequence[str] | None = None):
+               dtype: Dtype, cpu_kernels: str = "auto"):
     """The FC head: Dense → ReLU → Dropout for each width, then the logits layer (float32 out)."""
-    dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=dtype,
-                              dot_general=dense_ops.dense_dot_general)
-    names = names or [f"fc{i + 1}" for i in range(len(widths) + 1)]
-    for name, width in zip(names, widths):
-        x = nn.Dropout(dropout, deterministic=not train)(nn.relu(dense(width, name=name)(x)))
-    return dense(num_classes, name=names[len(widths)])(x).astype(jnp.float32)
+    layer = functools.partial(dense, dtype=dtype, cpu_kernels=cpu_kernels)
+    for i, width in enumerate(widths, start=1):
+        x = nn.Dropout(dropout, deterministic=not train)(nn.relu(layer(width, name=f"fc{i}")(x)))
+    return layer(num_classes, name=f"fc{len(widths) + 1}")(x).astype(jnp.float32)

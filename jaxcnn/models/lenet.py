@@ -32,4 +32,4 @@ class LeNet5(ConvNet):
                 if self.norm == "lrn":
                     x = layers.lrn(x, **LENET_LRN)
         x = x.reshape(x.shape[0], -1)
-        return layers.classifier(x, (84,), self.num_classes, self.dropout, train, self.dtype)
+        return self.classifier(x, (84,), train)

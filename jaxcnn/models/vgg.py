@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.models import layers, norm_ops
+from jaxcnn.models import layers
 from jaxcnn.models.base import ConvNet
 
 CFGS = {  # Table 1 of the paper
@@ -60,7 +60,7 @@ class VGG(ConvNet):
         index = 0
         for c in self.cfg:
             if c == "M":
-                x = layers.max_pool(x, 2, 2, padding=self.pool_padding)
+                x = self.max_pool(x, 2, 2, padding=self.pool_padding)
             elif c == "LRN":
                 x = layers.lrn(x, **(self.lrn_params or layers.TF_LRN))
             else:
@@ -75,7 +75,7 @@ class VGG(ConvNet):
         if self.pool_to is not None:
             x = layers.adaptive_avg_pool(x, self.pool_to)
         x = x.reshape(x.shape[0], -1)
-        return layers.classifier(x, self.head, self.num_classes, self.dropout, train, self.dtype)
+        return self.classifier(x, self.head, train)
 
     @nn.compact
     def dense_scores(self, x, flip: bool = False):
@@ -162,13 +162,13 @@ class CifarVGG(ConvNet):
                 index += 1
                 x = self.conv_block(index, width, 3)(x, train)
                 x = nn.Dropout(rate, deterministic=not train)(x)
-            x = layers.max_pool(x, 2, 2)
+            x = self.max_pool(x, 2, 2)
         x = x.reshape(x.shape[0], -1)
         dense = lambda n, name: nn.Dense(n, kernel_init=layers.dense_init, dtype=self.dtype, name=name)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = dense(512, "fc1")(x)
-        x = norm_ops.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                               epsilon=1e-5, dtype=self.dtype, name="fc1_bn")(x)
+        x = layers.batch_norm(train, self.bn_momentum, self.dtype, self.cpu_kernels,
+                              name="fc1_bn")(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
         x = dense(512, "fc2")(x)
         return dense(self.num_classes, "fc3")(x).astype(jnp.float32)

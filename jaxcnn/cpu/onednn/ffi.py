@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxcnn.onednn import build
+from jaxcnn.cpu.onednn import build
 
 _TARGETS = {"forward": "JaxcnnConvForward", "backward_data": "JaxcnnConvBackwardData",
             "backward_weights": "JaxcnnConvBackwardWeights"}

@@ -1,20 +1,21 @@
-"""`bias_ops.Conv` is `nn.Conv`: the same parameters and initial values, outputs and gradients (the
-bias gradient to float32 rounding: a matmul with ones instead of XLA's tree reduction)."""
+"""The wing's `Conv` (`jaxcnn.cpu.layers`) is `nn.Conv`: the same parameters and initial values,
+outputs and gradients (the bias gradient to float32 rounding: `jaxcnn.cpu.bias`'s matmul with ones
+instead of XLA's tree reduction)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jaxcnn import models
-from jaxcnn.models import bias_ops, summary
+from jaxcnn.cpu import bias as bias_forms
+from jaxcnn.cpu import layers
+from jaxcnn.models import summary
 
 
-@pytest.mark.parametrize("backend", ["cpu", "gpu"])           # "gpu": a plain add
-def test_conv_equals_flax_conv(backend):
+def test_conv_equals_flax_conv():
     kwargs = dict(features=6, kernel_size=(3, 3), strides=(2, 1), padding=[(1, 1), (0, 2)],
                   feature_group_count=2, dtype=jnp.float32)
-    ours, theirs = bias_ops.Conv(**kwargs, backend=backend), nn.Conv(**kwargs)
+    ours, theirs = layers.Conv(**kwargs), nn.Conv(**kwargs)
     x = jax.random.normal(jax.random.key(0), (3, 9, 8, 4))
     variables = theirs.init(jax.random.key(1), x)
     jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(1), x), variables)
@@ -36,7 +37,7 @@ def test_bias_gradient_is_a_matmul_on_cpu_and_macs_are_counted():
     grad = lambda add: str(jax.make_jaxpr(jax.grad(lambda b: add(y, b).sum()))(bias))
     channel_reduction = "reduce_sum[axes=(0, 1, 2)"
     assert channel_reduction in grad(lambda y, b: y + b)
-    assert channel_reduction not in grad(bias_ops.bias_add)
+    assert channel_reduction not in grad(bias_forms.bias_add)
     model = models.create("convnet_cifar", 10, width=8)
     # conv1 on 8×8, conv2 on 4×4, the logits conv on 2×2 (SAME pools): the inner nn.Conv counts
     assert summary.analytic_macs(model, (8, 8, 3)) == 64 * 75 * 8 + 16 * 200 * 8 + 4 * 200 * 10

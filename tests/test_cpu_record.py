@@ -1,5 +1,6 @@
-"""The kernels a program runs, recorded (`jaxcnn.models.kernels`): per convolution layer the form
-"auto" resolves to, oneDNN's status, and the record in every checkpoint's metadata."""
+"""The kernels a program runs, recorded (`jaxcnn.cpu.record`): the `cpu_kernels` policy, per
+convolution layer the form "auto" resolves to, oneDNN's status, and the record in every
+checkpoint's metadata and sweep result."""
 import dataclasses
 import os
 
@@ -7,19 +8,24 @@ import orbax.checkpoint as ocp
 
 from jaxcnn import checkpoint, models, trainer
 from jaxcnn.config import DataConfig, TrainConfig
-from jaxcnn.models import kernels
+from jaxcnn.cpu import record
 
 
 def test_each_convolution_layer_is_recorded_with_the_form_it_runs():
     # The suite's 8 fake devices keep "auto" off oneDNN: the forms of several devices.
-    rec = kernels.record(models.create("lenet5", 10), (32, 32, 1))
-    assert rec["platform"] == "cpu" and rec["devices"] == 8 and rec["cpu_forms"] is True
+    rec = record.record(models.create("lenet5", 10), (32, 32, 1))
+    assert rec["platform"] == "cpu" and rec["devices"] == 8
+    assert rec["cpu_kernels"] == "auto" and rec["cpu_forms"] is True
     assert rec["convolutions"] == {"conv1/conv": "single_channel", "conv2/conv": "col2im_grad",
                                    "conv3/conv": "im2col"}
-    forced = kernels.record(models.create("lenet5", 10, conv_impl="xla"), (32, 32, 1))
+    forced = record.record(models.create("lenet5", 10, conv_impl="xla"), (32, 32, 1))
     assert forced["conv_impl"] == "xla" and set(forced["convolutions"].values()) == {"xla"}
-    assert rec["onednn"] == kernels.onednn_status()
+    assert rec["onednn"] == record.onednn_status()
     assert rec["onednn"].startswith(("built (float32", "unavailable ("))
+    off = record.record(models.create("lenet5", 10, cpu_kernels="off"), (32, 32, 1))
+    assert off["cpu_kernels"] == "off" and off["cpu_forms"] is False
+    assert off["onednn"] == "not used (cpu_kernels=off)"
+    assert set(off["convolutions"].values()) == {"xla"} and len(off["convolutions"]) == 3
 
 
 def test_every_checkpoint_says_which_kernels_its_run_used(tmp_path):
@@ -29,7 +35,7 @@ def test_every_checkpoint_says_which_kernels_its_run_used(tmp_path):
     manager = ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints"))
     meta = checkpoint.read_meta(manager, 2)
     manager.close()
-    assert meta["kernels"] == kernels.record(models.create("lenet5", 10), (32, 32, 1))
+    assert meta["kernels"] == record.record(models.create("lenet5", 10), (32, 32, 1))
     # A checkpoint written before kernels were recorded still resumes.
     longer = dataclasses.replace(cfg, steps=3)
     _, result = trainer.train_and_evaluate(longer)

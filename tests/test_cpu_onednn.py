@@ -1,4 +1,4 @@
-"""oneDNN's convolutions through XLA's FFI (`jaxcnn.onednn`, the "onednn" form of `conv_ops`):
+"""oneDNN's convolutions through XLA's FFI (`jaxcnn.cpu.onednn`, the "onednn" form of `jaxcnn.cpu.conv`):
 values and both gradients equal XLA's (float32: to 1e-5 of each array's largest magnitude, both
 sum ~100 float32 products per output in different orders; bfloat16, where the CPU computes it
 natively: as close to the exact result as XLA's own bfloat16 convolution), bitwise-reproducible
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn import models, onednn
-from jaxcnn.models import conv_ops
-from jaxcnn.onednn import build, ffi
+from jaxcnn import models
+from jaxcnn.cpu import conv, onednn
+from jaxcnn.cpu.onednn import build, ffi
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 needs_onednn = pytest.mark.skipif(not onednn.available(),
@@ -48,7 +48,7 @@ def test_onednn_equals_xla_with_gradients(name):
     cotangent = jax.random.normal(kc, jax.eval_shape(
         lambda: lax.conv_general_dilated(x, w, case[2], case[3], rhs_dilation=case[4],
                                          dimension_numbers=case[5])).shape)
-    got = _value_and_grads(conv_ops.onednn_conv_general_dilated, case, x, w, cotangent)
+    got = _value_and_grads(conv.onednn_conv_general_dilated, case, x, w, cotangent)
     want = _value_and_grads(lax.conv_general_dilated, case, x, w, cotangent)
     for g, v in zip(got, want):
         np.testing.assert_allclose(g, v, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(v))))
@@ -68,7 +68,7 @@ def test_bfloat16_is_as_close_to_the_exact_result_as_xlas(name):
     shape = jax.eval_shape(lambda: lax.conv_general_dilated(
         x, w, case[2], case[3], rhs_dilation=case[4], dimension_numbers=case[5])).shape
     cotangent = jax.random.normal(kc, shape).astype(jnp.bfloat16)
-    got = _value_and_grads(conv_ops.onednn_conv_general_dilated, case, x, w, cotangent)
+    got = _value_and_grads(conv.onednn_conv_general_dilated, case, x, w, cotangent)
     xla = _value_and_grads(lax.conv_general_dilated, case, x, w, cotangent)
     exact = _value_and_grads(lax.conv_general_dilated, case, x.astype(jnp.float32),
                              w.astype(jnp.float32), cotangent.astype(jnp.float32))
@@ -86,11 +86,11 @@ def test_gradients_are_bitwise_reproducible_and_vmap_runs_per_example():
     kx, kw, kc = jax.random.split(jax.random.key(1), 3)
     x, w = jax.random.normal(kx, case[0]), jax.random.normal(kw, case[1])
     cotangent = jax.random.normal(kc, (2, 8, 8, 32))
-    first = _value_and_grads(conv_ops.onednn_conv_general_dilated, case, x, w, cotangent)
-    again = _value_and_grads(conv_ops.onednn_conv_general_dilated, case, x, w, cotangent)
+    first = _value_and_grads(conv.onednn_conv_general_dilated, case, x, w, cotangent)
+    again = _value_and_grads(conv.onednn_conv_general_dilated, case, x, w, cotangent)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
-    one = lambda x: conv_ops.onednn_conv_general_dilated(x[None], w, (1, 1), "SAME",
+    one = lambda x: conv.onednn_conv_general_dilated(x[None], w, (1, 1), "SAME",
                                                          dimension_numbers=NHWC)[0]
     want = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
     np.testing.assert_allclose(jax.jit(jax.vmap(one))(x), want, rtol=0,
@@ -120,7 +120,7 @@ def test_onednn_form_refuses_what_it_does_not_compute(what, x_shape, w_shape, kw
     x, w = jnp.ones(x_shape, dtype), jnp.ones(w_shape, dtype)
     layout = ("NDHWC", "DHWIO", "NDHWC") if len(x_shape) == 5 else NHWC
     with pytest.raises(NotImplementedError, match="2-D maps in a dtype"):
-        conv_ops.onednn_conv_general_dilated(x, w, (1,) * (x.ndim - 2), "SAME",
+        conv.onednn_conv_general_dilated(x, w, (1,) * (x.ndim - 2), "SAME",
                                              dimension_numbers=layout, **kwargs)
 
 
@@ -144,7 +144,7 @@ def test_bfloat16_is_refused_where_the_cpu_does_not_compute_it_natively(monkeypa
     monkeypatch.setattr(onednn, "dtypes", lambda: (jnp.float32,))
     x, w = jnp.ones((2, 6, 6, 4), jnp.bfloat16), jnp.ones((3, 3, 4, 4), jnp.bfloat16)
     with pytest.raises(NotImplementedError, match="bfloat16 where the CPU computes it natively"):
-        conv_ops.onednn_conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+        conv.onednn_conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
 
 
 @needs_onednn

@@ -1,9 +1,9 @@
-"""The oneDNN library's build where clusters run it (`jaxcnn.onednn.build`): one build when processes
-start together (the file lock), one warning where no lock can be taken, a cache key that changes
-with the compiler, its flags and the C++ standard library, and a one-line reason, logged once, with
-XLA's convolutions used instead, where the cache folder cannot be written, no compiler is found or
-compiling fails (whose full log stays next to the cache); importing jaxcnn needs no `fcntl`; and
-malformed calls come back from the library as errors, not crashes.
+"""The oneDNN library's build where clusters run it (`jaxcnn.cpu.onednn.build`): one build when
+processes start together (the file lock), one warning where no lock can be taken, a cache key that
+changes with the compiler, its flags and the C++ standard library, and a one-line reason, logged
+once, with XLA's convolutions used instead, where the cache folder cannot be written, no compiler
+is found or compiling fails (whose full log stays next to the cache); importing jaxcnn needs no
+`fcntl`; and malformed calls come back from the library as errors, not crashes.
 
 The library's own build is ~5 s: only the two-process test builds one (into a fresh folder); the
 others compute keys, fail before compiling, or stand a fake compile in for the real one."""
@@ -22,9 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import onednn
-from jaxcnn.models import conv_ops
-from jaxcnn.onednn import build, ffi
+from jaxcnn.cpu import conv, onednn
+from jaxcnn.cpu.onednn import build, ffi
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,7 +59,7 @@ def warnings_logged(caplog):
 
 def _assert_xla_is_used(reason_part, warnings_logged, monkeypatch):
     """onednn is unavailable for a one-line reason containing `reason_part`, logged once however
-    often it is asked, and conv_ops' "auto" policy picks no oneDNN convolution."""
+    often it is asked, and `jaxcnn.cpu.conv`'s "auto" choice picks no oneDNN convolution."""
     for _ in range(3):
         assert not onednn.available()
     assert onednn.dtypes() == ()
@@ -69,8 +68,8 @@ def _assert_xla_is_used(reason_part, warnings_logged, monkeypatch):
     logged = warnings_logged("oneDNN convolutions unavailable, XLA's are used")
     assert logged == [f"jaxcnn: oneDNN convolutions unavailable, XLA's are used: {reason}"]
     monkeypatch.setattr(jax, "device_count", lambda: 1)   # auto picks oneDNN on one device only
-    assert conv_ops.auto_choice((2, 32, 32, 16), (3, 3, 16, 16), (1, 1), "SAME",
-                                ("NHWC", "HWIO", "NHWC")) != "onednn"
+    assert conv.auto_choice((2, 32, 32, 16), (3, 3, 16, 16), (1, 1), "SAME",
+                            ("NHWC", "HWIO", "NHWC")) != "onednn"
     return reason
 
 
@@ -79,7 +78,7 @@ def test_importing_jaxcnn_needs_no_fcntl():
     code = textwrap.dedent("""
         import sys
         sys.modules["fcntl"] = None        # `import fcntl` now raises ImportError
-        import jaxcnn.models, jaxcnn.onednn.build
+        import jaxcnn.models, jaxcnn.cpu.onednn.build
         print("imported")
     """)
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
@@ -130,8 +129,8 @@ def test_two_processes_building_at_once_build_once_and_both_work(tmp_path):
     env.pop("CXXFLAGS", None)
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
-        from jaxcnn import onednn
-        from jaxcnn.onednn import build, ffi
+        from jaxcnn.cpu import onednn
+        from jaxcnn.cpu.onednn import build, ffi
         assert onednn.available(), onednn.unavailable_reason()
         x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
         w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))

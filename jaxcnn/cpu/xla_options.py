@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 
-import jax
+from jaxcnn.cpu import policy
 
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 NO_YNN_FUSION = {YNN_FUSION_TYPE: ""}     # empty list: no YNNPACK fusion of any type
 
 
-def compiler_options(backend: str | None = None) -> dict[str, str]:
-    """The options for a program compiled for `backend` (default: JAX's default backend):
-    no YNNPACK fusion on CPU unless XLA_FLAGS sets it; nothing on GPU / TPU."""
-    if (backend or jax.default_backend()) != "cpu" or YNN_FUSION_TYPE in os.environ.get(
-            "XLA_FLAGS", ""):
+def compiler_options(cpu_kernels: str = "auto") -> dict[str, str]:
+    """The options for a program compiled here: no YNNPACK fusion where `policy.offered`
+    (`cpu_kernels` "auto" on CPU) unless XLA_FLAGS sets it; XLA's defaults otherwise."""
+    if not policy.offered(cpu_kernels) or YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", ""):
         return {}
     return dict(NO_YNN_FUSION)

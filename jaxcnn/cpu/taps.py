@@ -1,5 +1,5 @@
-"""Helpers the CPU op forms share (`conv_ops`, `pool_ops`, `norm_ops`, `bias_ops`): the strided
-slices a sliding window reads, and a channel sum written as a matmul."""
+"""Helpers the CPU forms share (`conv`, `pool`, `norm`, `bias`): the strided slices a sliding
+window reads, and a channel sum written as a matmul."""
 from __future__ import annotations
 
 import itertools
@@ -13,7 +13,7 @@ def window_taps(x, window, strides, dilation=None
                 ) -> list[tuple[tuple[int, ...], jax.Array]]:
     """(offset, the strided slice of padded NHWC `x` that window tap `offset` reads) for every tap
     of a `window` (dilated by `dilation`) slid with `strides`, in row-major tap order: the
-    building block of im2col, the single-channel conv and `pool_ops`' max pool."""
+    building block of im2col, the single-channel conv and `pool`'s max pool."""
     dilation = tuple(dilation or (1,) * len(window))
     out_sizes = [(n - (k - 1) * d - 1) // s + 1
                  for n, k, d, s in zip(x.shape[1:-1], window, dilation, strides)]

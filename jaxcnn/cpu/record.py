@@ -2,10 +2,10 @@
 metadata, every sweep result and every benchmark, so that results computed with different
 implementations are never mixed unknowingly.
 
-    kernels.record(model, (32, 32, 1))
-    # {"platform": "cpu", "devices": 1, "conv_impl": "auto", "onednn": "built (float32)",
-    #  "convolutions": {"conv1": "single_channel", "conv2": "onednn", ...},
-    #  "cpu_forms": true}
+    record.record(model, (32, 32, 1))
+    # {"platform": "cpu", "devices": 1, "cpu_kernels": "auto", "cpu_forms": true,
+    #  "conv_impl": "auto", "onednn": "built (float32)",
+    #  "convolutions": {"conv1/conv": "single_channel", "conv2/conv": "onednn", ...}}
 """
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn import onednn
-from jaxcnn.models import conv_ops
+from jaxcnn.cpu import onednn, policy
 
 
 def onednn_status() -> str:
@@ -28,29 +27,31 @@ def onednn_status() -> str:
 
 
 def record(model: nn.Module, image_shape: tuple[int, ...]) -> dict:
-    """The platform and device count, the model's `conv_impl`, oneDNN's status, the form of each
-    convolution layer (by its module path; "auto" resolved per shape by `conv_ops.auto_choice`,
-    the forced form otherwise), and whether the CPU forms of bias, pooling, dense and batch-norm
-    gradients are in the program (on CPU, `*_ops`)."""
-    impl = getattr(model, "conv_impl", "xla")
+    """The platform and device count, the model's `cpu_kernels` and whether the wing's forms are
+    in its programs here (`cpu_forms`: `policy.offered`), its `conv_impl`, oneDNN's status, and
+    the form of each convolution layer on CPU (by its module path; "auto" resolved per shape by
+    `policy.conv_form`; "xla" where the wing is not offered)."""
+    cpu_kernels = getattr(model, "cpu_kernels", "auto")
+    impl = getattr(model, "conv_impl", "auto")
+    offered = policy.offered(cpu_kernels)
     forms: dict[str, str] = {}
 
     def note_layer(next_fun, args, kwargs, context):
-        before = len(choices)
+        before = len(traced)
         out = next_fun(*args, **kwargs)
         if context.method_name == "__call__" and isinstance(context.module, nn.Conv):
             name = "/".join(context.module.path) or context.module.name
-            forms[name] = choices[before] if len(choices) > before else (
-                impl if impl != "auto" else "xla")
+            forms[name] = traced[before] if len(traced) > before else "xla"
         return out
 
-    conv_ops.CHOICES_TRACED = choices = []
+    policy.CONV_FORMS_TRACED = traced = []
     try:
         with nn.intercept_methods(note_layer):
             jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x),
                            jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
     finally:
-        conv_ops.CHOICES_TRACED = None
-    return {"platform": jax.default_backend(), "devices": jax.device_count(), "conv_impl": impl,
-            "onednn": onednn_status(), "convolutions": forms,
-            "cpu_forms": jax.default_backend() == "cpu"}
+        policy.CONV_FORMS_TRACED = None
+    return {"platform": jax.default_backend(), "devices": jax.device_count(),
+            "cpu_kernels": cpu_kernels, "cpu_forms": offered, "conv_impl": impl,
+            "onednn": onednn_status() if cpu_kernels == "auto" else "not used (cpu_kernels=off)",
+            "convolutions": forms}

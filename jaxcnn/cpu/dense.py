@@ -1,4 +1,4 @@
-"""A `dot_general` for `nn.Dense` whose input gradient XLA:CPU runs fast.
+"""A matmul for `nn.Dense` whose input gradient XLA:CPU runs fast.
 
 The input gradient of a dense layer, dy @ kernel.T, contracts the kernel over its minor
 dimension, and XLA:CPU's dot runs that form several times slower than the forward product (for
@@ -30,7 +30,8 @@ def _input_grad(dy: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def _matmul(x, kernel):
+def blocked_matmul(x, kernel):
+    """x @ kernel, whose input gradient is the blocked dot (`_input_grad`)."""
     return x @ kernel
 
 
@@ -43,22 +44,14 @@ def _matmul_bwd(residuals, dy):
     return _input_grad(dy, kernel).astype(x.dtype), (x.T @ dy).astype(kernel.dtype)
 
 
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+blocked_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def prefers_blocked(x_shape, kernel_shape, backend: str | None = None) -> bool:
-    """On CPU, for a 2-D input and a kernel with at least MIN_BLOCKED_ROWS rows in whole blocks."""
-    rows = kernel_shape[0]
-    return ((backend or jax.default_backend()) == "cpu" and len(x_shape) == 2
-            and rows >= MIN_BLOCKED_ROWS and rows % ROW_BLOCK == 0)
-
-
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`lax.dot_general` as `nn.Dense` calls it, with the blocked input gradient where
-    `prefers_blocked` says it is faster."""
+def prefers_blocked(lhs, rhs, dimension_numbers, precision=None,
+                    preferred_element_type=None) -> bool:
+    """For `nn.Dense`'s call on a 2-D input and a kernel with at least MIN_BLOCKED_ROWS rows in
+    whole blocks."""
+    rows = rhs.shape[0]
     standard = (dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())) and precision is None
                 and preferred_element_type is None and lhs.dtype == rhs.dtype)
-    if standard and prefers_blocked(lhs.shape, rhs.shape):
-        return _matmul(lhs, rhs)
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type)
+    return standard and lhs.ndim == 2 and rows >= MIN_BLOCKED_ROWS and rows % ROW_BLOCK == 0

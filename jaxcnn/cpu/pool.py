@@ -16,12 +16,11 @@ import functools
 import itertools
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.models.op_helpers import window_taps
+from jaxcnn.cpu.taps import window_taps
 
 
 def _pads(shape, window, strides, padding):
@@ -107,10 +106,7 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
-             padding="VALID", backend: str | None = None) -> jax.Array:
-    """`nn.max_pool(x, window, strides, padding)` for NHWC `x`: on CPU with the elementwise
-    gradient; on GPU / TPU XLA's own."""
+             padding="VALID") -> jax.Array:
+    """`nn.max_pool(x, window, strides, padding)` for NHWC `x`, with the elementwise gradient."""
     window, strides = tuple(window), tuple(strides)
-    if (backend or jax.default_backend()) != "cpu":
-        return nn.max_pool(x, window, strides, padding)
     return _max_pool(x, window, strides, tuple(_pads(x.shape[1:-1], window, strides, padding)))

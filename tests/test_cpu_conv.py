@@ -1,6 +1,6 @@
-"""The im2col, single-channel and col2im-gradient convolutions equal `lax.conv_general_dilated`
-(values and gradients, to 1e-5); the "auto" policy and the `conv_impl` model option (the oneDNN
-form: tests/test_onednn.py)."""
+"""The im2col, single-channel and col2im-gradient convolutions (`jaxcnn.cpu.conv`) equal
+`lax.conv_general_dilated` (values and gradients, to 1e-5); the "auto" choice and the `conv_impl`
+model option (the oneDNN form: tests/test_cpu_onednn.py)."""
 import functools
 
 import jax
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn import models, onednn
-from jaxcnn.models import conv_ops
+from jaxcnn import models
+from jaxcnn.cpu import conv as conv_forms
+from jaxcnn.cpu import onednn
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 CASES = {  # x shape, kernel shape (in the layout's order), strides, padding, groups, layout
@@ -51,7 +52,7 @@ def test_im2col_equals_xla_with_gradients(name):
     kx, kw, kc = jax.random.split(jax.random.key(0), 3)
     x, w = jax.random.normal(kx, case[0]), jax.random.normal(kw, case[1])
     xla, im2col = (_conv(c, case)(x, w)
-                   for c in (lax.conv_general_dilated, conv_ops.im2col_conv_general_dilated))
+                   for c in (lax.conv_general_dilated, conv_forms.im2col_conv_general_dilated))
     np.testing.assert_allclose(im2col, xla, rtol=1e-5, atol=1e-5)
     cotangent = jax.random.normal(kc, xla.shape)
 
@@ -59,19 +60,19 @@ def test_im2col_equals_xla_with_gradients(name):
         conv = _conv(conv, case)
         return jax.jit(jax.grad(lambda x, w: jnp.vdot(conv(x, w), cotangent), (0, 1)))(x, w)
 
-    for got, want in zip(grads(conv_ops.im2col_conv_general_dilated),
+    for got, want in zip(grads(conv_forms.im2col_conv_general_dilated),
                          grads(lax.conv_general_dilated)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def _choice(x_shape, k, backend="cpu", strides=(1, 1), groups=1, padding="SAME",
-            onednn_dtypes=(), dtype=jnp.float32):
+def _choice(x_shape, k, strides=(1, 1), groups=1, padding="SAME", onednn_dtypes=(),
+            dtype=jnp.float32):
     kernel = (k, k, x_shape[-1] // groups, 8)
-    return conv_ops.auto_choice(x_shape, kernel, strides, padding, NHWC, groups, backend=backend,
-                                dtype=dtype, onednn_dtypes=onednn_dtypes)
+    return conv_forms.auto_choice(x_shape, kernel, strides, padding, NHWC, groups, dtype=dtype,
+                                  onednn_dtypes=onednn_dtypes)
 
 
-def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_col2im_grad_for_few_channels():
+def test_auto_choice_single_channel_im2col_for_tiny_maps_col2im_grad_for_few_channels():
     choice = _choice
 
     assert choice((64, 2, 2, 8), 3) == choice((64, 1, 1, 8), 3) == "im2col"
@@ -84,12 +85,9 @@ def test_policy_on_cpu_single_channel_im2col_for_tiny_maps_col2im_grad_for_few_c
     assert choice((64, 6, 6, 16), 3, padding=[(0, 0), (0, 0)]) == "xla"  # 4×4 out: 16 pixels
     assert choice((64, 8, 8, 9), 3) == "xla"
     assert choice((64, 8, 8, 8), 3, groups=8) == "xla"
-    for x_shape, k in (((64, 2, 2, 8), 3), ((64, 56, 56, 8), 1), ((64, 32, 32, 1), 5),
-                       ((64, 14, 14, 6), 5)):
-        assert choice(x_shape, k, backend="gpu") == "xla"
 
 
-def test_policy_with_onednn_takes_every_2d_conv_above_4x4_out_in_the_dtypes_it_takes():
+def test_auto_choice_with_onednn_takes_every_2d_conv_above_4x4_out_in_the_dtypes_it_takes():
     choice = functools.partial(_choice, onednn_dtypes=(jnp.float32,))
     assert choice((64, 32, 32, 3), 3) == choice((64, 32, 32, 1), 5) == "onednn"
     assert choice((64, 14, 14, 6), 5, padding="VALID") == "onednn"       # LeNet's conv2: 10×10
@@ -104,7 +102,6 @@ def test_policy_with_onednn_takes_every_2d_conv_above_4x4_out_in_the_dtypes_it_t
     assert _choice((64, 4, 4, 256), 3, dtype=jnp.bfloat16, onednn_dtypes=with_bfloat16) == "xla"
     assert _choice((64, 32, 32, 9), 3, dtype=jnp.float16, onednn_dtypes=with_bfloat16) == "xla"
     assert choice((64, 32, 32, 9), 3, dtype=None) == "xla"             # operands' dtypes differ
-    assert choice((64, 32, 32, 9), 3, backend="gpu") == "xla"
     # where it is not said, oneDNN is used on one device only: XLA would run a custom call of a
     # program sharded over devices on the gathered batch (tests/conftest.py sets 8 devices)
     assert jax.device_count() == 8
@@ -112,8 +109,8 @@ def test_policy_with_onednn_takes_every_2d_conv_above_4x4_out_in_the_dtypes_it_t
 
 
 @pytest.mark.parametrize("conv, case", [
-    *[(conv_ops.single_channel_conv_general_dilated, c) for c in SINGLE_CHANNEL_CASES.values()],
-    *[(conv_ops.col2im_grad_conv_general_dilated, c) for c in COL2IM_GRAD_CASES.values()]],
+    *[(conv_forms.single_channel_conv_general_dilated, c) for c in SINGLE_CHANNEL_CASES.values()],
+    *[(conv_forms.col2im_grad_conv_general_dilated, c) for c in COL2IM_GRAD_CASES.values()]],
     ids=[*SINGLE_CHANNEL_CASES, *COL2IM_GRAD_CASES])
 def test_single_channel_and_col2im_grad_equal_xla_with_gradients(conv, case):
     x_shape, w_shape, strides, padding, dilation, layout = case
@@ -139,8 +136,8 @@ def test_conv_impl_option_gives_the_same_model():
         outputs.append(jax.jit(model.apply)(variables, x))
     for out in outputs[1:]:
         np.testing.assert_allclose(out, outputs[0], rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="conv_impl"):
-        models.create("convnet_cifar", 5, conv_impl="winograd").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="unknown conv_impl 'winograd'"):
+        models.create("convnet_cifar", 5, conv_impl="winograd")
 
 
 @pytest.mark.parametrize("with_onednn, forms", [
@@ -160,15 +157,15 @@ def test_auto_gives_xlas_gradients_on_lenet5(monkeypatch, with_onednn, forms):
         variables = jax.jit(model.init)(jax.random.key(0), x)
         loss = lambda params: jnp.sum(model.apply({"params": params}, x) ** 2)
         grads.append(jax.jit(jax.grad(loss))(variables["params"]))
-    assert [conv_ops.auto_choice((3, *shape), (5, 5, shape[-1], 8), (1, 1), "VALID", NHWC)
+    assert [conv_forms.auto_choice((3, *shape), (5, 5, shape[-1], 8), (1, 1), "VALID", NHWC)
             for shape in ((32, 32, 1), (14, 14, 6), (5, 5, 16))] == forms
     jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5),
                  grads[1], grads[0])
 
 
 @pytest.mark.parametrize("conv, x_shape, w_shape, use", [
-    (conv_ops.single_channel_conv_general_dilated, (8, 32, 32, 1), (5, 5, 1, 6), "output"),
-    (conv_ops.col2im_grad_conv_general_dilated, (8, 14, 14, 6), (5, 5, 6, 16), "input_grad")],
+    (conv_forms.single_channel_conv_general_dilated, (8, 32, 32, 1), (5, 5, 1, 6), "output"),
+    (conv_forms.col2im_grad_conv_general_dilated, (8, 14, 14, 6), (5, 5, 6, 16), "input_grad")],
     ids=["single_channel_output", "col2im_input_grad"])
 def test_bfloat16_sums_over_taps_accumulate_in_float32_as_xla_does(conv, x_shape, w_shape, use):
     """In bfloat16, LeNet's conv1 output and conv2 input gradient (each a sum over 25 taps) are

@@ -1,22 +1,23 @@
-"""The per-program XLA options: no YNNPACK fusion on CPU, nothing elsewhere, same results."""
+"""The per-program XLA options (`jaxcnn.cpu.xla_options`): no YNNPACK fusion on CPU unless
+`cpu_kernels` is off, same results."""
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import benchmark, models, xla_options
+from jaxcnn import benchmark, models
+from jaxcnn.cpu import xla_options
 
 TINY_VGG = dict(cfg=(4, "M", 8, "M"), head=(16,), pool_to=(2, 2))
 
 
-def test_options_per_backend(monkeypatch):
+def test_options_per_policy(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    assert xla_options.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
-    assert xla_options.compiler_options("gpu") == {}
-    assert xla_options.compiler_options("tpu") == {}
+    assert xla_options.compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert xla_options.compiler_options("off") == {}
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
-    assert xla_options.compiler_options("cpu") == {}     # an explicit XLA_FLAGS setting wins
+    assert xla_options.compiler_options() == {}     # an explicit XLA_FLAGS setting wins
 
 
 def test_option_is_accepted_and_removes_the_ynn_fusion():
@@ -29,7 +30,7 @@ def test_option_is_accepted_and_removes_the_ynn_fusion():
         return re.findall(r"%ynn_fusion\S* = ", text)
 
     assert ynn_fusions({})      # jax 0.10.2's XLA:CPU default
-    assert not ynn_fusions(xla_options.compiler_options("cpu"))
+    assert not ynn_fusions(xla_options.compiler_options())
 
 
 def test_results_are_the_same_with_and_without_it():
@@ -38,7 +39,7 @@ def test_results_are_the_same_with_and_without_it():
     variables = jax.jit(model.init)(jax.random.key(0), x)
     for fn in (benchmark.forward(model), benchmark.forward_backward(model)):
         outs = [jax.jit(fn, compiler_options=options)(variables, x)
-                for options in ({}, xla_options.compiler_options("cpu"))]
+                for options in ({}, xla_options.compiler_options())]
         for got, want in zip(jax.tree.leaves(outs[1]), jax.tree.leaves(outs[0])):
             # float32, other kernels and summation orders: equal to rounding
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

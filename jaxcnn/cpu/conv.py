@@ -1,8 +1,8 @@
 """Convolutions in forms that run faster on CPU than XLA:CPU's own, and the per-shape "auto"
-policy.
+choice among them.
 
-On this project's CPU, oneDNN's convolutions (the kernels PyTorch runs; `jaxcnn.onednn`, called
-through XLA's FFI) ran 1.3–4× faster than XLA:CPU's forward, input gradient and kernel gradient
+On this project's CPU, oneDNN's convolutions (the kernels PyTorch runs; `jaxcnn.cpu.onednn`,
+called through XLA's FFI) ran 1.3–4× faster than XLA:CPU's forward, input gradient and kernel gradient
 on most zoo shapes in float32, and "auto" takes them wherever they are built; on CPUs that compute
 bfloat16 natively (AMX, AVX512-BF16) it takes them for bfloat16 too, where oneDNN's AMX kernels
 ran 3–10× faster than its float32 ones and the zoo's bfloat16 programs with XLA's convolutions
@@ -11,9 +11,9 @@ pathologically slow on tiny feature maps (a 3×3 512→512 conv on 2×2 maps run
 the same conv written as a matmul: im2col, which beats oneDNN there too); where oneDNN is not built,
 two more forms stand in for it: one-channel inputs (LeNet's grayscale first conv: an elementwise
 sum over kernel taps is ~4× faster) and input gradients onto few channels (LeNet's conv2: one
-matmul and col2im; see BENCHMARKS.md). On GPU cuDNN wins everywhere. Every conv function here has
-the signature of `jax.lax.conv_general_dilated`, so it drops into
-`flax.linen.Conv(conv_general_dilated=...)`.
+matmul and col2im; see BENCHMARKS.md). Every conv function here has the signature of
+`jax.lax.conv_general_dilated`; `policy.conv_general_dilated` puts the chosen one into a program
+lowered for CPU (on GPU cuDNN wins everywhere).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import onednn
-from jaxcnn.models.op_helpers import window_taps
-from jaxcnn.onednn import ffi as onednn_ffi
+from jaxcnn.cpu import onednn
+from jaxcnn.cpu.onednn import ffi as onednn_ffi
+from jaxcnn.cpu.taps import window_taps
 
 # "auto" uses im2col on CPU when a conv's output map has at most this many pixels (measured in
 # BENCHMARKS.md: XLA:CPU loses badly at 2×2 and 1×1, is level at 3×3-4×4, wins from 7×7 up).
@@ -254,7 +254,7 @@ _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 def onednn_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                 rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                                 batch_group_count=1, precision=None, preferred_element_type=None):
-    """`lax.conv_general_dilated` of 2-D maps by oneDNN (`jaxcnn.onednn`), forward and both
+    """`lax.conv_general_dilated` of 2-D maps by oneDNN (`jaxcnn.cpu.onednn`), forward and both
     gradients: the kernels PyTorch runs on CPU, in float32 1.3–4× faster than XLA:CPU's on most
     zoo shapes, in bfloat16 (on CPUs that compute it natively) several times faster again
     (BENCHMARKS.md)."""
@@ -267,18 +267,15 @@ def onednn_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
 
 
 def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers=None,
-                feature_group_count=1, rhs_dilation=None, backend: str | None = None,
-                dtype=jnp.float32, onednn_dtypes: tuple | None = None) -> str:
-    """The "auto" policy, measured in BENCHMARKS.md, as the name of a `FORMS` entry. On CPU:
+                feature_group_count=1, rhs_dilation=None, dtype=jnp.float32,
+                onednn_dtypes: tuple | None = None) -> str:
+    """The "auto" choice on CPU, measured in BENCHMARKS.md, as the name of a `FORMS` entry:
     oneDNN for 2-D convs whose output map has more than `XLA_MAX_OUTPUT_PIXELS` pixels, where
     oneDNN takes their `dtype` (both operands', None where they differ) and the program runs on
     one device (`onednn_dtypes`, default: `onednn.dtypes()` on one device, none on several);
     otherwise the single-channel form for one-channel inputs (grayscale first convs), im2col for
     convs whose output map is tiny and for pointwise (1×1) convs, which are a plain matmul, the
-    col2im input gradient for few input channels and XLA's conv for the rest. On GPU / TPU
-    always XLA's conv (cuDNN)."""
-    if (backend or jax.default_backend()) != "cpu":
-        return "xla"
+    col2im input gradient for few input channels and XLA's conv for the rest."""
     dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
     channels = lhs_shape[dn.lhs_spec[1]]
     window = [rhs_shape[a] for a in dn.rhs_spec[2:]]
@@ -304,28 +301,6 @@ def auto_choice(lhs_shape, rhs_shape, window_strides, padding, dimension_numbers
     return "xla"
 
 
-# While `jaxcnn.models.kernels.record` traces a model: the forms "auto" picks, in call order.
-CHOICES_TRACED: list[str] | None = None
-
-
-def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                              rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                              batch_group_count=1, precision=None, preferred_element_type=None):
-    """`lax.conv_general_dilated` in the form `auto_choice` picks: the same results, faster."""
-    plain = batch_group_count == 1 and set(lhs_dilation or [1]) == {1}
-    dtype = lhs.dtype if lhs.dtype == rhs.dtype else None
-    choice = "xla" if not plain else auto_choice(lhs.shape, rhs.shape, window_strides, padding,
-                                                 dimension_numbers, feature_group_count,
-                                                 rhs_dilation, dtype=dtype)
-    if CHOICES_TRACED is not None:
-        CHOICES_TRACED.append(choice)
-    return FORMS[choice](
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
-
-
 FORMS: dict[str, Callable] = {      # what `auto_choice` picks from
     "xla": lax.conv_general_dilated,
     "im2col": im2col_conv_general_dilated,
@@ -333,16 +308,3 @@ FORMS: dict[str, Callable] = {      # what `auto_choice` picks from
     "col2im_grad": col2im_grad_conv_general_dilated,
     "onednn": onednn_conv_general_dilated,
 }
-CONV_IMPLS: dict[str, Callable] = {  # a model's `conv_impl` option
-    "auto": auto_conv_general_dilated,
-    "xla": lax.conv_general_dilated,
-    "im2col": im2col_conv_general_dilated,
-    "onednn": onednn_conv_general_dilated,
-}
-
-
-def conv_fn(impl: str) -> Callable:
-    """The convolution function for a model's `conv_impl` option."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"unknown conv_impl {impl!r}; valid: {', '.join(CONV_IMPLS)}")
-    return CONV_IMPLS[impl]

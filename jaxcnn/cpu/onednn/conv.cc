@@ -1,7 +1,7 @@
 // oneDNN's convolutions as XLA FFI handlers: forward, input gradient and kernel gradient of a 2-D
 // convolution of NHWC activations with an HWIO kernel (no groups, no input dilation), float32 or
 // bfloat16 (accumulated in float32), the same primitives PyTorch runs on CPU. Built on first use
-// by jaxcnn/onednn/build.py; called by jaxcnn/onednn/ffi.py.
+// by jaxcnn/cpu/onednn/build.py; called by jaxcnn/cpu/onednn/ffi.py.
 #include <cstdint>
 #include <map>
 #include <memory>

@@ -1,4 +1,4 @@
-"""jaxcnn.host_memory: freed host memory kept for the next execution, counted in page faults.
+"""jaxcnn.cpu.host_memory: freed host memory kept for the next execution, counted in page faults.
 
 Each run is a fresh process, since the policy is the process's and must come before JAX starts."""
 import os
@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from jaxcnn import host_memory
+from jaxcnn.cpu import host_memory
 
 GLIBC = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CALLS = 40          # calls of a program with two 40 MB buffers; faults counted over the last 20
 SCRIPT = f"""
 import resource, sys
-from jaxcnn import host_memory
+from jaxcnn.cpu import host_memory
 applied = host_memory.reuse_freed_memory() if sys.argv[1] == "reuse" else False
 import jax, jax.numpy as jnp
 step = jax.jit(lambda x: jnp.cumsum(x[::-1] * 2) + 1)   # a 40 MB temporary and output
@@ -59,7 +59,7 @@ def test_the_programs_keep_memory_for_large_images_only(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert not host_memory.reuse_freed_memory_for(host_memory.LARGE_IMAGE_SIDE - 1)
     assert not host_memory.reusing()
-    code = ("from jaxcnn import host_memory as h; "
+    code = ("from jaxcnn.cpu import host_memory as h; "
             f"print(h.reuse_freed_memory_for({host_memory.LARGE_IMAGE_SIDE}), h.reusing())")
     assert python(code) == ["True", "True"]
 

@@ -1,0 +1,115 @@
+"""Which form every op of a model takes, from one switch: `cpu_kernels`.
+
+"auto": in a process whose JAX computes on CPU (its default backend), each op below is staged in
+two forms, XLA's or flax's own and this wing's, joined by `lax.platform_dependent`: the program
+takes the wing's form only where it is lowered for CPU, so a program exported or compiled for GPU
+or TPU holds none of it (tests/test_cpu_policy.py exports a train step for CUDA on a CPU host).
+In a process that computes on a GPU or TPU nothing of the wing is traced, and oneDNN is not built.
+"off": flax's layers and XLA's defaults everywhere (`jaxcnn.models.layers`).
+
+`conv_impl` picks the convolution form on CPU: "auto" chooses per shape (`conv.auto_choice`),
+"xla", "im2col" or "onednn" take that form for every convolution (for benchmarks and tests).
+"""
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Callable
+
+import flax.linen as nn
+import jax
+from jax import lax
+
+from jaxcnn.cpu import bias, conv, dense, norm, pool
+
+CPU_KERNELS = ("auto", "off")
+CONV_IMPLS = ("auto", "xla", "im2col", "onednn")
+
+# While `record.record` traces a model: the CPU form of each convolution, in call order.
+CONV_FORMS_TRACED: list[str] | None = None
+
+
+def check(cpu_kernels: str, conv_impl: str = "auto") -> None:
+    """Raises one clear ValueError for an unknown or contradictory choice."""
+    if cpu_kernels not in CPU_KERNELS:
+        raise ValueError(f"unknown cpu_kernels {cpu_kernels!r}; valid: {', '.join(CPU_KERNELS)}")
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
+    if cpu_kernels == "off" and conv_impl not in ("auto", "xla"):
+        raise ValueError(f"conv_impl={conv_impl} is a CPU kernel form: it needs cpu_kernels=auto")
+
+
+def offered(cpu_kernels: str = "auto") -> bool:
+    """Whether programs traced now stage the wing's forms beside XLA's and flax's own."""
+    check(cpu_kernels)
+    return cpu_kernels == "auto" and jax.default_backend() == "cpu"
+
+
+def _per_platform(cpu_form: Callable, plain_form: Callable, *args):
+    """`cpu_form(*args)` where the program is lowered for CPU, `plain_form(*args)` elsewhere."""
+    return lax.platform_dependent(*args, cpu=cpu_form, default=plain_form)
+
+
+def conv_form(conv_impl: str, lhs, rhs, window_strides, padding, lhs_dilation=None,
+              rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+              batch_group_count=1) -> str:
+    """The name of the `conv.FORMS` entry a convolution takes on CPU."""
+    if conv_impl != "auto":
+        return conv_impl
+    if batch_group_count != 1 or set(lhs_dilation or [1]) != {1}:
+        return "xla"
+    return conv.auto_choice(lhs.shape, rhs.shape, window_strides, padding, dimension_numbers,
+                            feature_group_count, rhs_dilation,
+                            dtype=lhs.dtype if lhs.dtype == rhs.dtype else None)
+
+
+@functools.cache
+def conv_general_dilated(conv_impl: str = "auto") -> Callable:
+    """A `lax.conv_general_dilated` for `nn.Conv`: where lowered for CPU in the form `conv_impl`
+    names (`conv_form`), XLA's own elsewhere."""
+    def convolve(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                 precision=None, preferred_element_type=None):
+        layout = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                      dimension_numbers=dimension_numbers,
+                      feature_group_count=feature_group_count, batch_group_count=batch_group_count)
+        form = conv_form(conv_impl, lhs, rhs, window_strides, padding, **layout)
+        if CONV_FORMS_TRACED is not None:
+            CONV_FORMS_TRACED.append(form)
+        options = dict(window_strides=window_strides, padding=padding, precision=precision,
+                       preferred_element_type=preferred_element_type, **layout)
+        xla = functools.partial(lax.conv_general_dilated, **options)
+        if form == "xla":
+            return xla(lhs, rhs)
+        return _per_platform(functools.partial(conv.FORMS[form], **options), xla, lhs, rhs)
+    return convolve
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """A `lax.dot_general` for `nn.Dense`: where lowered for CPU with the blocked input gradient
+    where `dense.prefers_blocked`, XLA's own elsewhere."""
+    xla = functools.partial(lax.dot_general, dimension_numbers=dimension_numbers,
+                            precision=precision, preferred_element_type=preferred_element_type)
+    if not dense.prefers_blocked(lhs, rhs, dimension_numbers, precision, preferred_element_type):
+        return xla(lhs, rhs)
+    return _per_platform(dense.blocked_matmul, xla, lhs, rhs)
+
+
+def bias_add(y: jax.Array, b: jax.Array) -> jax.Array:
+    """y + b over the last axis: where lowered for CPU with `bias.bias_add`'s gradient."""
+    return _per_platform(bias.bias_add, operator.add, y, b)
+
+
+def max_pool(x: jax.Array, window: tuple[int, ...], strides: tuple[int, ...],
+             padding="VALID") -> jax.Array:
+    """`nn.max_pool`: where lowered for CPU with `pool.max_pool`'s gradient."""
+    window, strides = tuple(window), tuple(strides)
+    return _per_platform(lambda x: pool.max_pool(x, window, strides, padding),
+                         lambda x: nn.max_pool(x, window, strides, padding), x)
+
+
+def batch_norm_train(x, scale, offset, epsilon: float):
+    """(y, mean, var) of training-mode batch norm in float32: where lowered for CPU by
+    `norm.batch_norm_train`, elsewhere by `nn.BatchNorm`'s own arithmetic."""
+    return _per_platform(lambda *a: norm.batch_norm_train(*a, epsilon),
+                         lambda *a: norm.flax_batch_norm_train(*a, epsilon), x, scale, offset)

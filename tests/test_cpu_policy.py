@@ -1,0 +1,112 @@
+"""The CPU wing behind one switch (`jaxcnn.cpu.policy`): a train step exported for CUDA on this CPU
+host holds none of the wing's custom calls; with `cpu_kernels="off"` a model is flax's own layers
+(no custom VJP in its program); "auto" and "off" give the same outputs and gradients on CPU."""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn import models, train
+from jaxcnn.cpu import layers as cpu_layers
+from jaxcnn.cpu import onednn
+
+ONEDNN_CALLS = {"JaxcnnConvForward", "JaxcnnConvBackwardData", "JaxcnnConvBackwardWeights"}
+SMALL = {  # model: (options, image shape)
+    "lenet5": ({}, (32, 32, 1)),
+    "convnet_cifar": ({"width": 8, "norm": "batch"}, (12, 12, 3)),
+    "vgg_cifar": ({"groups": ((8, (0.0,)), (16, (0.0, 0.0)))}, (8, 8, 3)),
+    "alexnet": ({"widths": (8, 16, 16, 16, 8)}, (67, 67, 3)),
+}
+
+
+@pytest.fixture
+def one_device(monkeypatch):
+    """"auto" takes oneDNN's convolutions on one device only (the suite has 8 fake ones)."""
+    monkeypatch.setattr(jax, "device_count", lambda *backend: 1)
+
+
+def _train_step_and_args(name, cpu_kernels, batch=2):
+    options, shape = SMALL[name]
+    model = models.create(name, 10, cpu_kernels=cpu_kernels, **options)
+    state = train.create_train_state(jax.random.key(0), model, shape, optax.sgd(0.1, 0.9),
+                                     lambda step: 0.1)
+    images = jax.random.normal(jax.random.key(1), (batch, *shape))
+    return jax.jit(train.train_step), (state, {"image": images, "label": jnp.arange(batch) % 10})
+
+
+def _custom_calls(stablehlo: str) -> set[str]:
+    return set(re.findall(r"custom_call @(\w+)", stablehlo))
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_a_train_step_exported_for_cuda_holds_none_of_the_wings_kernels(name, one_device):
+    step, args = _train_step_and_args(name, "auto")
+    exported = jax.export.export(step, platforms=["cuda"])(*args)
+    assert exported.platforms == ("cuda",)
+    cuda = exported.mlir_module()
+    assert not _custom_calls(cuda) & ONEDNN_CALLS
+    assert "select_and_scatter" in cuda or name == "lenet5"      # XLA's own max-pool gradient
+    cpu = step.trace(*args).lower(lowering_platforms=("cpu",)).as_text()
+    assert "select_and_scatter" not in cpu                        # the wing's, where lowered for CPU
+    if onednn.available():                                        # the same step on CPU runs them
+        assert "JaxcnnConvForward" in _custom_calls(cpu)
+
+
+def test_off_is_flaxs_own_layers_with_no_custom_gradient_in_the_program():
+    step, args = _train_step_and_args("convnet_cifar", "off")
+    jaxpr = str(step.trace(*args).jaxpr)
+    assert "custom_vjp_call" not in jaxpr and "branches_platforms" not in jaxpr
+    auto_step, auto_args = _train_step_and_args("convnet_cifar", "auto")
+    auto = str(auto_step.trace(*auto_args).jaxpr)
+    assert "custom_vjp_call" in auto and "branches_platforms=(('cpu',), None)" in auto
+
+    def layer_types(cpu_kernels):
+        seen = set()
+
+        def note(next_fun, args, kwargs, context):
+            seen.add(type(context.module))
+            return next_fun(*args, **kwargs)
+
+        model = models.create("convnet_cifar", 10, cpu_kernels=cpu_kernels, width=8, norm="batch")
+        with nn.intercept_methods(note):
+            jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 12, 12, 3)))
+        return seen
+
+    assert {nn.Conv, nn.BatchNorm} <= layer_types("off")
+    assert not layer_types("off") & {cpu_layers.Conv, cpu_layers.BatchNorm}
+    assert {cpu_layers.Conv, cpu_layers.BatchNorm} <= layer_types("auto")
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_auto_and_off_give_the_same_outputs_and_gradients_on_cpu(name, one_device):
+    options, shape = SMALL[name]
+    x = jax.random.normal(jax.random.key(1), (8, *shape))
+    results = []
+    for cpu_kernels in ("auto", "off"):
+        model = models.create(name, 10, cpu_kernels=cpu_kernels, dropout=0.0, **options)
+        variables = jax.jit(model.init)(jax.random.key(0), x[:1])
+
+        def loss(params):
+            logits, updates = model.apply({**variables, "params": params}, x, train=True,
+                                          mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(logits)), (logits, updates)
+
+        grads, (logits, updates) = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+        results.append((variables, logits, updates, grads))
+    assert jax.tree.structure(results[0]) == jax.tree.structure(results[1])
+    jax.tree.map(np.testing.assert_array_equal, results[0][0], results[1][0])   # same init
+    # float32 rounding: other summation orders
+    jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4),
+                 results[0][1:], results[1][1:])
+
+
+def test_one_clear_error_for_an_unknown_or_contradictory_choice():
+    with pytest.raises(ValueError, match="unknown cpu_kernels 'fast'; valid: auto, off"):
+        models.create("lenet5", 10, cpu_kernels="fast")
+    with pytest.raises(ValueError, match="conv_impl=im2col is a CPU kernel form: it needs "
+                                         "cpu_kernels=auto"):
+        models.create("lenet5", 10, cpu_kernels="off", conv_impl="im2col")

@@ -9,6 +9,8 @@ their own internals stay warnings.
 import glob
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -56,3 +58,18 @@ def _temporary_files_in_tmp_path(tmp_path, monkeypatch):
     TFDS leaves an empty one per dataset it cannot find (its metadata download from GCS fails
     after mkdtemp), and the suite checks that path many times."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+    """An `experiments.run` workdir of LeNet-5 on the digits, 8 steps, with complete checkpoints
+    at steps 2, 4, 6 and 8: the failure tests' (test_faults, test_reliability) undamaged run. Shared
+    by the session, so every test copies it before changing anything."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "--model=lenet5", "--dataset=digits",
+         "--batch_size=32", "--eval_batch_size=64", "--optimizer=sgd", "--learning_rate=0.05",
+         "--log_every=5", "--steps=8", "--checkpoint_every=2", "--keep_checkpoints=4",
+         f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

@@ -250,23 +250,25 @@ def test_added_axis_values_keep_directories_and_say_which_indices_move(parsed_fl
     assert not model_flags.was_set("momentum")   # as in the stored sweep
 
 
-def test_a_packed_sweep_groups_packable_runs_and_equals_the_unpacked_sweep(tmp_path):
+def test_a_packed_sweep_groups_packable_runs_and_equals_standalone_runs(parsed_flags, tmp_path):
     """--pack=4 over norm (not packable) x learning rate (packable): two jobs of two runs, one
-    per norm, each run the same run as in the unpacked sweep."""
+    per norm, each run the same run as trained alone (here, in this process)."""
     sweep = ("--axis=norm=none,batch", "--axis=learning_rate=0.001,0.003", "--steps=4")
     listed = ablate(*sweep, "--pack=4", "--list", f"--workdir={tmp_path / 'packed'}", check=0)
     assert listed.stdout.splitlines()[-3:] == ["--pack=4: 2 jobs for the runs to launch",
                                                "    0  runs 0,1", "    1  runs 2,3"]
     packed = ablate(*sweep, "--pack=4", f"--workdir={tmp_path / 'packed'}", check=0)
     assert packed.stdout.count(" started on ") == 2 and "run 0,1 started" in packed.stdout
-    unpacked = ablate(*sweep, f"--workdir={tmp_path / 'unpacked'}", check=0)
-    assert unpacked.stdout.count(" started on ") == 4
-    for norm in ("none", "batch"):
-        for lr in ("0.001", "0.003"):
-            run_dir = f"norm={norm},learning_rate={lr}/seed=0"
-            a, b = result(tmp_path / "packed", run_dir), result(tmp_path / "unpacked", run_dir)
-            assert a["steps"] == b["steps"] == 4
-            assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+    parsed_flags(*sweep)
+    runs = sweep_flags.sweep_from_flags().runs()
+    assert [run.directory for run in runs] == [
+        f"norm={norm},learning_rate={lr}/seed=0" for norm in ("none", "batch")
+        for lr in ("0.001", "0.003")]
+    for run in runs:
+        _, alone = trainer.train_and_evaluate(sweep_flags.run_config(run, str(tmp_path / "alone")))
+        a = result(tmp_path / "packed", run.directory)
+        assert a["steps"] == alone["step"] == 4
+        assert a["top1"] == alone["top1"] and a["loss"] == pytest.approx(alone["loss"], rel=1e-3)
     assert (tmp_path / "packed/summary.md").read_text().count("| 1 | 0 | 0 |") == 4
     again = ablate("--pack=4", f"--workdir={tmp_path / 'packed'}", check=0)
     assert "nothing to run" in again.stdout
@@ -275,7 +277,7 @@ def test_a_packed_sweep_groups_packable_runs_and_equals_the_unpacked_sweep(tmp_p
 def test_sigterm_checkpoints_every_member_of_a_packed_job_and_the_same_command_resumes_them(
         tmp_path):
     command = [sys.executable, "-m", "experiments.ablate", *TINY, "--seeds=2", "--pack=2",
-               "--steps=200", f"--workdir={tmp_path}"]
+               "--steps=80", f"--workdir={tmp_path}"]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.time() + 300
@@ -287,13 +289,13 @@ def test_sigterm_checkpoints_every_member_of_a_packed_job_and_the_same_command_r
     assert proc.returncode == 0, output[-3000:]
     assert "run 0,1 started" in output and "stopped: the running runs checkpointed" in output
     saved = [saved_steps(tmp_path / f"base/seed={s}") for s in (0, 1)]
-    assert saved[0] == saved[1] and 0 < saved[0][-1] < 200
+    assert saved[0] == saved[1] and 0 < saved[0][-1] < 80
     assert not os.path.exists(tmp_path / "base/seed=0/result.json")
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     log = (tmp_path / "base/seed=0/job.log").read_text()
     assert f"resumed 2 members from step {saved[0][-1]}" in log
-    assert [result(tmp_path, f"base/seed={s}")["steps"] for s in (0, 1)] == [200, 200]
+    assert [result(tmp_path, f"base/seed={s}")["steps"] for s in (0, 1)] == [80, 80]
 
 
 def saved_steps(run_dir):

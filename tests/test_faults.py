@@ -11,7 +11,6 @@ import concurrent.futures
 import csv
 import glob
 import hashlib
-import io
 import json
 import logging
 import os
@@ -93,16 +92,6 @@ def contents(root):
             if os.path.isfile(path)}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A workdir with complete checkpoints at steps 2, 4, 6 and 8."""
-    workdir = tmp_path_factory.mktemp("trained") / "run"
-    result = program("run", *QUICK, "--steps=8", "--log_every=5", "--checkpoint_every=2",
-                     "--keep_checkpoints=4", f"--workdir={workdir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
-
-
 # ---- a damaged newest checkpoint: runs.load and experiments.predict take the one before --------
 
 def flip_spread(path, every=4096):
@@ -146,16 +135,16 @@ def unreadable_warning(what, workdir):
 
 
 def test_runs_load_skips_a_damaged_newest_checkpoint_with_the_warning_training_gives(
-        trained, tmp_path, caplog):
-    before = contents(trained)
+        trained_workdir, tmp_path, caplog):
+    before = contents(trained_workdir)
     older = tmp_path / "without_8"
-    shutil.copytree(trained, older)
+    shutil.copytree(trained_workdir, older)
     shutil.rmtree(older / "checkpoints" / "8")
     expected = runs.load(str(older))
     assert expected.step == 6
     for what in CAUSES:
         workdir = tmp_path / what
-        shutil.copytree(trained, workdir)
+        shutil.copytree(trained_workdir, workdir)
         damage(workdir, 8, what)
         found = contents(workdir)
         caplog.clear()
@@ -167,12 +156,12 @@ def test_runs_load_skips_a_damaged_newest_checkpoint_with_the_warning_training_g
         assert len(warnings) == 1, caplog.text
         assert unreadable_warning(what, workdir).fullmatch(warnings[0]), warnings[0]
         assert contents(workdir) == found   # loading writes nothing, and moves nothing aside
-    assert contents(trained) == before
+    assert contents(trained_workdir) == before
 
 
-def test_predict_skips_a_damaged_newest_checkpoint_with_one_warning(trained, tmp_path):
+def test_predict_skips_a_damaged_newest_checkpoint_with_one_warning(trained_workdir, tmp_path):
     workdir = tmp_path / "damaged"
-    shutil.copytree(trained, workdir)
+    shutil.copytree(trained_workdir, workdir)
     damage(workdir, 8, "arrays")
     images, _ = sources.digits_arrays("test", 32, 1)
     paths = [str(tmp_path / f"{i}.png") for i in range(3)]
@@ -189,7 +178,7 @@ def test_predict_skips_a_damaged_newest_checkpoint_with_one_warning(trained, tmp
     def printed(step):
         """What the program prints with the model of checkpoint `step` alone."""
         alone = tmp_path / f"only_{step}"
-        shutil.copytree(trained, alone)
+        shutil.copytree(trained_workdir, alone)
         for other in steps_in(alone):
             if other != step:
                 shutil.rmtree(alone / "checkpoints" / str(other))
@@ -209,9 +198,10 @@ def test_predict_skips_a_damaged_newest_checkpoint_with_one_warning(trained, tmp
 
 # ---- a full disk while writing metrics.jsonl --------------------------------------------------
 
-def test_a_full_disk_while_writing_metrics_keeps_the_rows_and_the_checkpoints(trained, tmp_path):
+def test_a_full_disk_while_writing_metrics_keeps_the_rows_and_the_checkpoints(trained_workdir,
+                                                                              tmp_path):
     workdir, fresh = tmp_path / "run", tmp_path / "fresh"
-    shutil.copytree(trained, workdir)
+    shutil.copytree(trained_workdir, workdir)
     metrics = workdir / "metrics.jsonl"
     rows = metrics.read_bytes()
     args = (*QUICK, "--steps=12", "--log_every=5", "--checkpoint_every=2", "--keep_checkpoints=4")
@@ -406,8 +396,8 @@ def unprivileged_user():
         return None, "no user 'nobody' here"
 
 
-def test_a_workdir_without_write_permission_ends_with_one_line_and_keeps_the_run(trained,
-                                                                                tmp_path):
+def test_a_workdir_without_write_permission_ends_with_one_line_and_keeps_the_run(
+        trained_workdir, tmp_path):
     """Root ignores permissions, so the programs run as `nobody`: root's workdir is readable to
     it, not writable. Training there stops with one line and leaves the run as it was; predict
     reads it (loading writes nothing)."""
@@ -415,7 +405,7 @@ def test_a_workdir_without_write_permission_ends_with_one_line_and_keeps_the_run
     if user is None:
         pytest.skip(why)
     workdir = tmp_path / "run"   # root's, mode 755
-    shutil.copytree(trained, workdir)
+    shutil.copytree(trained_workdir, workdir)
     before = contents(workdir)
     home = tempfile.mkdtemp(dir="/tmp", prefix="jaxcnn-nobody-")   # matplotlib's cache, etc.
     os.chown(home, user.pw_uid, user.pw_gid)

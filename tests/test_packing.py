@@ -20,8 +20,8 @@ from jaxcnn.metrics_file import read_metrics
 
 def config(workdir, seed=0, **optim_values) -> TrainConfig:
     base = TrainConfig(model=ModelConfig("lenet5"), data=DataConfig(batch_size=32),
-                       optim=OptimConfig(optimizer="sgd", learning_rate=0.05), steps=24,
-                       log_every=6, eval_every_epochs=0.25, plot=False)
+                       optim=OptimConfig(optimizer="sgd", learning_rate=0.05), steps=12,
+                       log_every=4, eval_every_epochs=0.125, plot=False)
     return dataclasses.replace(base, seed=seed, workdir=str(workdir),
                                data=dataclasses.replace(base.data, seed=seed),
                                optim=dataclasses.replace(base.optim, **optim_values))
@@ -79,7 +79,7 @@ def test_lenet_members_with_their_seeds_and_learning_rates_equal_standalone_runs
     assert lr == pytest.approx([0.05, 0.05, 0.02])
     # Each member is a run like any other.
     loaded = runs.load(configs[1].workdir)
-    assert loaded.step == 24 and loaded.config.seed == 1
+    assert loaded.step == 12 and loaded.config.seed == 1
     assert_trees_close(loaded.variables["params"], members[1].state.params, 0, 0)
 
 
@@ -113,7 +113,7 @@ def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_p
     configs = [dataclasses.replace(c, checkpoint_every=1) for c in configs]
     members = trainer.train_members(configs)
     ok, bad, ok2 = members
-    assert ok.failure is None and ok2.failure is None and ok.result["step"] == 24
+    assert ok.failure is None and ok2.failure is None and ok.result["step"] == 12
     assert bad.failure.startswith("non-finite loss or gradient at step ")
     first_bad = int(bad.failure.split("step ")[1].split(";")[0])
     kept = runs.load(configs[1].workdir)

@@ -206,16 +206,6 @@ def write_image_folder(root, broken=None):
         (root / "train" / "dog" / broken[0]).write_bytes(broken[1])
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-    """A workdir with complete checkpoints at steps 2, 4, 6 and 8."""
-    workdir = tmp_path_factory.mktemp("trained")
-    result = run_cli("--steps=8", "--checkpoint_every=2", "--keep_checkpoints=4",
-                     f"--workdir={workdir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
-
-
 # ---- damaged checkpoints and a full disk -------------------------------------------------------
 
 def test_damaged_checkpoints_are_moved_aside_and_the_newest_readable_one_resumes(

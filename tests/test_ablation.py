@@ -138,3 +138,19 @@ def test_welch_p_with_a_constant_sample_is_welchs_limit_and_warns_nothing():
         nearly = stats.welch_p([0.98, 0.98, 0.98 + 1e-9], b)
         assert math.isnan(stats.welch_p([0.98] * 3, [0.98] * 3))
     assert p == pytest.approx(nearly, rel=1e-5) and 0 < p < 1
+
+
+def test_runs_that_ran_different_kernels_are_named_in_the_summary():
+    runs = Sweep((FACTORIZE,), seeds=3).runs()
+    cpu = {"platform": "cpu", "convolutions": {"conv1/conv": "onednn"}}
+    xla = {"platform": "cpu", "convolutions": {"conv1/conv": "xla"}}
+    recs = [record(runs[i], records.FINISHED, kernels=k)
+            for i, k in enumerate((cpu, cpu, xla, cpu))]
+    assert report.kernels_note(recs[:2]) == ""
+    note = report.kernels_note(recs + [record(runs[4], records.PENDING)])
+    assert note.splitlines()[1].startswith("Finished runs ran 2 different sets of kernels")
+    assert note.splitlines()[2:] == [
+        '- runs 0, 1, 3: {"convolutions": {"conv1/conv": "onednn"}, "platform": "cpu"}',
+        '- runs 2: {"convolutions": {"conv1/conv": "xla"}, "platform": "cpu"}']
+    assert report.run_row(recs[2])["kernels"] == (
+        '{"convolutions": {"conv1/conv": "xla"}, "platform": "cpu"}')

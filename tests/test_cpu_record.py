@@ -1,5 +1,5 @@
 """The kernels a program runs, recorded (`jaxcnn.cpu.record`): the `cpu_kernels` policy, per
-convolution layer the form "auto" resolves to, oneDNN's status, and the record in every
+convolution and dense layer the form "auto" resolves to, oneDNN's status, and the record in every
 checkpoint's metadata and sweep result."""
 import dataclasses
 import os
@@ -26,6 +26,17 @@ def test_each_convolution_layer_is_recorded_with_the_form_it_runs():
     assert off["cpu_kernels"] == "off" and off["cpu_forms"] is False
     assert off["onednn"] == "not used (cpu_kernels=off)"
     assert set(off["convolutions"].values()) == {"xla"} and len(off["convolutions"]) == 3
+
+
+def test_each_dense_layer_is_recorded_with_the_form_it_runs():
+    # The blocked input gradient from 2048 kernel rows in whole blocks of 256: AlexNet's three
+    # classifier layers (9216, 4096, 4096 rows), neither of LeNet-5's (120 and 84 rows).
+    assert record.record(models.create("lenet5", 10), (32, 32, 1))["dense"] == {
+        "fc1": "xla", "fc2": "xla"}
+    assert record.record(models.create("alexnet", 10), (224, 224, 3))["dense"] == {
+        "fc1": "blocked", "fc2": "blocked", "fc3": "blocked"}
+    off = record.record(models.create("alexnet", 10, cpu_kernels="off"), (224, 224, 3))
+    assert set(off["dense"].values()) == {"xla"} and len(off["dense"]) == 3
 
 
 def test_every_checkpoint_says_which_kernels_its_run_used(tmp_path):

@@ -1,5 +1,6 @@
 """A sweep's results files, rewritten whole from the runs' records: `runs.csv` (one row per run),
-`summary.csv` and `summary.md` (one row per configuration) and `summary.png` (test top-1 with
+`summary.csv` and `summary.md` (one row per configuration; it says so when finished runs ran
+different kernels, `jaxcnn.cpu.record`) and `summary.png` (test top-1 with
 95% confidence intervals, and the mean test-accuracy curve of each configuration with a ±1 sd
 band). Each file is replaced atomically, so two runs that finish at the same moment and both
 rewrite the report leave a whole one."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 
@@ -16,7 +18,8 @@ from jaxcnn.ablation.spec import Sweep
 from jaxcnn.ablation.stats import COSTS, METRICS, ConfigSummary, summarize
 
 RUN_COLUMNS = ("index", "config", "seed", "status", "top1", "top5", "loss", "params",
-               "flops_per_image", "seconds_per_epoch", "epochs", "steps", "reason", "directory")
+               "flops_per_image", "seconds_per_epoch", "epochs", "steps", "kernels", "reason",
+               "directory")
 
 
 def write(sweep_dir: str, sweep: Sweep, baseline: str | None = None
@@ -30,7 +33,7 @@ def write(sweep_dir: str, sweep: Sweep, baseline: str | None = None
                [run_row(r) for r in records])
     _write_csv(os.path.join(sweep_dir, "summary.csv"), SUMMARY_COLUMNS,
                [summary_row(s) for s in summaries])
-    table = markdown(summaries)
+    table = markdown(summaries) + kernels_note(records)
     records_lib.write_atomically(os.path.join(sweep_dir, "summary.md"), table)
     figure = plot.sweep_figure(sweep_dir, records, summaries)
     buffer = io.BytesIO()
@@ -47,10 +50,31 @@ def _write_csv(path: str, columns, rows: list[dict]) -> None:
     records_lib.write_atomically(path, text.getvalue())
 
 
+def _kernels(record: records_lib.Record) -> str | None:
+    """The run's kernel record as one sorted JSON string (None for runs without one)."""
+    kernels = record.data.get("kernels")
+    return None if kernels is None else json.dumps(kernels, sort_keys=True)
+
+
 def run_row(record: records_lib.Record) -> dict:
     return {**dict(record.run.overrides), **record.data, "index": record.run.index,
             "config": record.run.config, "seed": record.run.seed, "status": record.status,
-            "directory": record.run.directory}
+            "kernels": _kernels(record), "directory": record.run.directory}
+
+
+def kernels_note(records: list[records_lib.Record]) -> str:
+    """Empty when every finished run ran the same kernels; else a paragraph for summary.md that
+    lists the runs of each kernel record (whose JSON is runs.csv's `kernels` column)."""
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        if r.status == records_lib.FINISHED and _kernels(r) is not None:
+            groups.setdefault(_kernels(r), []).append(str(r.run.index))
+    if len(groups) < 2:
+        return ""
+    lines = ["", f"Finished runs ran {len(groups)} different sets of kernels (runs.csv's `kernels` "
+             "column): compare their results with care."]
+    lines += [f"- runs {', '.join(runs)}: {kernels}" for kernels, runs in groups.items()]
+    return "\n".join(lines) + "\n"
 
 
 SUMMARY_COLUMNS = ("config", "baseline", "n", "failed", "pending",

@@ -25,8 +25,9 @@ from jaxcnn.cpu import bias, conv, dense, norm, pool
 CPU_KERNELS = ("auto", "off")
 CONV_IMPLS = ("auto", "xla", "im2col", "onednn")
 
-# While `record.record` traces a model: the CPU form of each convolution, in call order.
-CONV_FORMS_TRACED: list[str] | None = None
+# While `record.record` traces a model: the CPU form of each convolution and dense product, in
+# call order.
+FORMS_TRACED: list[str] | None = None
 
 
 def check(cpu_kernels: str, conv_impl: str = "auto") -> None:
@@ -48,6 +49,11 @@ def offered(cpu_kernels: str = "auto") -> bool:
 def _per_platform(cpu_form: Callable, plain_form: Callable, *args):
     """`cpu_form(*args)` where the program is lowered for CPU, `plain_form(*args)` elsewhere."""
     return lax.platform_dependent(*args, cpu=cpu_form, default=plain_form)
+
+
+def _note(form: str) -> None:
+    if FORMS_TRACED is not None:
+        FORMS_TRACED.append(form)
 
 
 def conv_form(conv_impl: str, lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -74,8 +80,7 @@ def conv_general_dilated(conv_impl: str = "auto") -> Callable:
                       dimension_numbers=dimension_numbers,
                       feature_group_count=feature_group_count, batch_group_count=batch_group_count)
         form = conv_form(conv_impl, lhs, rhs, window_strides, padding, **layout)
-        if CONV_FORMS_TRACED is not None:
-            CONV_FORMS_TRACED.append(form)
+        _note(form)
         options = dict(window_strides=window_strides, padding=padding, precision=precision,
                        preferred_element_type=preferred_element_type, **layout)
         xla = functools.partial(lax.conv_general_dilated, **options)
@@ -90,7 +95,9 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     where `dense.prefers_blocked`, XLA's own elsewhere."""
     xla = functools.partial(lax.dot_general, dimension_numbers=dimension_numbers,
                             precision=precision, preferred_element_type=preferred_element_type)
-    if not dense.prefers_blocked(lhs, rhs, dimension_numbers, precision, preferred_element_type):
+    blocked = dense.prefers_blocked(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+    _note("blocked" if blocked else "xla")
+    if not blocked:
         return xla(lhs, rhs)
     return _per_platform(dense.blocked_matmul, xla, lhs, rhs)
 

@@ -5,7 +5,8 @@ implementations are never mixed unknowingly.
     record.record(model, (32, 32, 1))
     # {"platform": "cpu", "devices": 1, "cpu_kernels": "auto", "cpu_forms": true,
     #  "conv_impl": "auto", "onednn": "built (float32)",
-    #  "convolutions": {"conv1/conv": "single_channel", "conv2/conv": "onednn", ...}}
+    #  "convolutions": {"conv1/conv": "single_channel", "conv2/conv": "onednn", ...},
+    #  "dense": {"fc1": "xla", "fc2": "xla"}}
 """
 from __future__ import annotations
 
@@ -30,28 +31,31 @@ def record(model: nn.Module, image_shape: tuple[int, ...]) -> dict:
     """The platform and device count, the model's `cpu_kernels` and whether the wing's forms are
     in its programs here (`cpu_forms`: `policy.offered`), its `conv_impl`, oneDNN's status, and
     the form of each convolution layer on CPU (by its module path; "auto" resolved per shape by
-    `policy.conv_form`; "xla" where the wing is not offered)."""
+    `policy.conv_form`; "xla" where the wing is not offered) and of each dense layer ("blocked"
+    where `dense.prefers_blocked`, else "xla"). Pooling, conv biases and batch norm take the
+    wing's forms exactly where `cpu_forms` is true."""
     cpu_kernels = getattr(model, "cpu_kernels", "auto")
     impl = getattr(model, "conv_impl", "auto")
     offered = policy.offered(cpu_kernels)
-    forms: dict[str, str] = {}
+    forms: dict[type, dict[str, str]] = {nn.Conv: {}, nn.Dense: {}}
 
     def note_layer(next_fun, args, kwargs, context):
         before = len(traced)
         out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and isinstance(context.module, nn.Conv):
+        kind = next((k for k in forms if isinstance(context.module, k)), None)
+        if kind and context.method_name == "__call__":
             name = "/".join(context.module.path) or context.module.name
-            forms[name] = traced[before] if len(traced) > before else "xla"
+            forms[kind][name] = traced[before] if len(traced) > before else "xla"
         return out
 
-    policy.CONV_FORMS_TRACED = traced = []
+    policy.FORMS_TRACED = traced = []
     try:
         with nn.intercept_methods(note_layer):
             jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x),
                            jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
     finally:
-        policy.CONV_FORMS_TRACED = None
+        policy.FORMS_TRACED = None
     return {"platform": jax.default_backend(), "devices": jax.device_count(),
             "cpu_kernels": cpu_kernels, "cpu_forms": offered, "conv_impl": impl,
             "onednn": onednn_status() if cpu_kernels == "auto" else "not used (cpu_kernels=off)",
-            "convolutions": forms}
+            "convolutions": forms[nn.Conv], "dense": forms[nn.Dense]}

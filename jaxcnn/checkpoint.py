@@ -115,6 +115,19 @@ def _checksums(state: Any) -> list[jax.Array]:
     return [checksum(x) for x in jax.tree.leaves(state)]
 
 
+# Model options that choose how the model is computed (same variables, same results to float32
+# rounding): a run may resume under others, e.g. a CPU run on a GPU node or with --cpu_kernels=off.
+COMPUTE_OPTIONS = ("cpu_kernels", "conv_impl")
+
+
+def _model_identity(meta: dict, key: str):
+    """`meta[key]`, with the compute options left out of the model options."""
+    value = meta.get(key)
+    if key == "model_options" and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in COMPUTE_OPTIONS}
+    return value
+
+
 def _arrays(state: Any) -> dict[str, list]:
     """Path -> [shape, dtype] of every array of the state: what must match for a restore."""
     return {jax.tree_util.keystr(path): [list(x.shape), str(x.dtype)]
@@ -169,7 +182,7 @@ class Checkpointer:
         where = f"checkpoint {os.path.join(self.directory, str(step))}"
         saved = read_meta(self.manager, step)
         for key in ("model", "model_options", "num_classes"):
-            if saved.get(key) != self.meta.get(key):
+            if _model_identity(saved, key) != _model_identity(self.meta, key):
                 raise CheckpointError(f"{where} was written for {key}={saved.get(key)!r}, this run "
                                       f"has {key}={self.meta.get(key)!r}; use another --workdir")
         expected = _arrays(abstract_state)

@@ -47,10 +47,14 @@ def test_every_checkpoint_says_which_kernels_its_run_used(tmp_path):
     meta = checkpoint.read_meta(manager, 2)
     manager.close()
     assert meta["kernels"] == record.record(models.create("lenet5", 10), (32, 32, 1))
-    # A checkpoint written before kernels were recorded still resumes.
-    longer = dataclasses.replace(cfg, steps=3)
-    _, result = trainer.train_and_evaluate(longer)
+    # The kernels are how the model is computed, not what: the run resumes with others.
+    off = dataclasses.replace(cfg.model, options={"cpu_kernels": "off", "conv_impl": "xla"})
+    _, result = trainer.train_and_evaluate(dataclasses.replace(cfg, steps=3, model=off))
     assert result["step"] == 3
+    manager = ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints"))
+    meta = checkpoint.read_meta(manager, 3)
+    manager.close()
+    assert meta["kernels"]["cpu_kernels"] == "off" and meta["model_options"] == off.options
 
 
 def test_a_sweep_result_says_which_kernels_it_ran(tmp_path):

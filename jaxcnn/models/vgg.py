@@ -5,6 +5,7 @@ In a configuration an int is a 3×3 conv of that width, (width, k) a k×k conv (
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -164,11 +165,11 @@ class CifarVGG(ConvNet):
                 x = nn.Dropout(rate, deterministic=not train)(x)
             x = self.max_pool(x, 2, 2)
         x = x.reshape(x.shape[0], -1)
-        dense = lambda n, name: nn.Dense(n, kernel_init=layers.dense_init, dtype=self.dtype, name=name)
+        dense = functools.partial(layers.dense, dtype=self.dtype, cpu_kernels=self.cpu_kernels)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = dense(512, "fc1")(x)
+        x = dense(512, name="fc1")(x)
         x = layers.batch_norm(train, self.bn_momentum, self.dtype, self.cpu_kernels,
                               name="fc1_bn")(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
-        x = dense(512, "fc2")(x)
-        return dense(self.num_classes, "fc3")(x).astype(jnp.float32)
+        x = dense(512, name="fc2")(x)
+        return dense(self.num_classes, name="fc3")(x).astype(jnp.float32)

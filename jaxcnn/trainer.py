@@ -263,8 +263,12 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
             """The members that have not failed."""
             return [k for k, m in enumerate(members) if m.failure is None]
 
-        def flush_train_metrics(acc, step, n_steps, seconds):
+        def flush_train_metrics(acc, step, n_steps, tick):
+            """Writes the interval's mean metrics. Its seconds are read after its metrics are
+            fetched, that is, once its last step has run: JAX dispatches ahead of the device, so
+            a clock read before would time the dispatch of the interval, not its computation."""
             acc = jax.device_get(acc)
+            seconds = time.perf_counter() - tick
             for k in running():
                 row = member_values(acc, k, packed)
                 if row["nonfinite"] > 0:
@@ -291,7 +295,7 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
             acc_steps += 1
             last = step == sched.total_steps
             if step % cfg.log_every == 0 or last or step % sched.eval_every == 0:
-                flush_train_metrics(acc, step, acc_steps, time.perf_counter() - tick)
+                flush_train_metrics(acc, step, acc_steps, tick)
                 acc, acc_steps = None, 0
                 if not running():
                     break

@@ -98,31 +98,42 @@ def train_runs(sweep: Sweep, runs: list[Run], sweep_dir: str, should_stop) -> No
     try:
         members = trainer.train_members(cfgs, should_stop)
     except Exception as e:   # whatever went wrong is these runs' failure; the others go on
-        if writes:
-            for run in todo:
-                records.write_failure(sweep_dir, run, one_line(e))
+        notes = ("".join(record_failure(sweep_dir, run, one_line(e)) for run in todo)
+                 if writes else "")
         if FLAGS.debug:
             raise
         cli.fail(f"run {', '.join(str(r.index) for r in todo)} ({todo[0].directory}"
-                 f"{' and others' if len(todo) > 1 else ''}) failed: {one_line(e)}")
+                 f"{' and others' if len(todo) > 1 else ''}) failed: {one_line(e)}{notes}")
     if any(m.result.get("preempted") for m in members):
         print(f"run {', '.join(str(r.index) for r in todo)} stopped at step "
               f"{members[0].result['step']} with a checkpoint: run again to resume")
         sys.exit(should_stop.exit_status)
-    failed = [(run, m.failure) for run, m in zip(todo, members) if m.failure]
-    if writes:
-        for run, member in zip(todo, members):
-            if member.failure:
-                records.write_failure(sweep_dir, run, member.failure)
-                continue
-            result = write_result(run, member.cfg, member.state, member.result)
+    failed = []
+    for run, member in zip(todo, members):
+        if member.failure:
+            note = record_failure(sweep_dir, run, member.failure) if writes else ""
+            failed.append(f"run {run.index} ({run.directory}) failed: {member.failure}{note}")
+        elif writes:
+            result = write_result(run, member.cfg, member.state, member.result,
+                                  tuple(other.index for other in todo if other != run))
             print(f"run {run.index} ({run.directory}): test top-1 {100 * result['top1']:.2f}%")
-        if all(r.status != records.PENDING for r in records.read_records(sweep_dir, sweep)):
-            report.write(sweep_dir, sweep, FLAGS.baseline)
-            print(f"all runs recorded: {sweep_dir}/summary.md")
+    if writes and all(r.status != records.PENDING
+                      for r in records.read_records(sweep_dir, sweep)):
+        report.write(sweep_dir, sweep, FLAGS.baseline)
+        print(f"all runs recorded: {sweep_dir}/summary.md")
     if failed:
-        cli.fail("; ".join(f"run {run.index} ({run.directory}) failed: {why}"
-                           for run, why in failed))
+        cli.fail("; ".join(failed))
+
+
+def record_failure(sweep_dir: str, run: Run, reason: str) -> str:
+    """Writes the run's failed.json. Returns "", or where it cannot be written (a full disk, an
+    unwritable folder) a note saying so, to follow the run's reason in the line that reports it:
+    the OSError alone would hide why the run failed."""
+    try:
+        records.write_failure(sweep_dir, run, reason)
+    except OSError as e:
+        return f" (and its {records.FAILED_FILE} could not be written: {e})"
+    return ""
 
 
 def pack_runs(todo: list[Run], sweep_dir: str, size: int) -> list[tuple[Run, ...]]:
@@ -158,7 +169,10 @@ def runs_to_launch(sweep: Sweep, sweep_dir: str) -> list[Run]:
 
 
 def launch_local(sweep_dir: str, jobs: list[tuple[Run, ...]], launch, should_stop) -> bool:
+    """Runs the jobs here and says how each run ended; returns False if stopped. A failure whose
+    failed.json could not be written ends the program with its line once all jobs have ended."""
     runs = {run.index: run for job in jobs for run in job}
+    unrecorded = []
 
     def on_exit(indices: tuple[int, ...], status: int, log: str) -> None:
         for index in indices:
@@ -169,9 +183,12 @@ def launch_local(sweep_dir: str, jobs: list[tuple[Run, ...]], launch, should_sto
         record = records.read(sweep_dir, run)
         if status != 0 and record.status != records.FAILED:   # killed before it could say why
             how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
-            records.write_failure(sweep_dir, run, f"{how} without a result (log: {log})")
-            record = records.read(sweep_dir, run)
-        if record.status == records.FINISHED:
+            reason = f"{how} without a result (log: {log})"
+            note = record_failure(sweep_dir, run, reason)
+            said = f"failed: {reason}{note}"
+            if note:
+                unrecorded.append(f"run {index} ({run.directory}) {said}")
+        elif record.status == records.FINISHED:
             said = f"test top-1 {100 * record.data['top1']:.2f}%"
         elif record.status == records.FAILED:
             said = f"failed: {record.data['reason']}"
@@ -179,9 +196,12 @@ def launch_local(sweep_dir: str, jobs: list[tuple[Run, ...]], launch, should_sto
             said = "stopped with a checkpoint"
         print(f"run {index} ({run.directory}) {said}", flush=True)
 
-    return launchers.run_local(
+    finished = launchers.run_local(
         launch, [(tuple(r.index for r in job), os.path.join(sweep_dir, job[0].directory, "job.log"))
                  for job in jobs], FLAGS.parallel, should_stop, on_exit)
+    if unrecorded:
+        cli.fail("; ".join(unrecorded))
+    return finished
 
 
 def main(argv):

@@ -2,6 +2,7 @@
 anything trains, local parallel runs equal to sequential ones, failures recorded and retried,
 an interrupted run resumed, a sweep's folder alone naming its sweep (sweep.flags), and a job array
 through a real one-node SLURM."""
+import errno
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from absl import flags
 
 from experiments import ablate as _ablate, launchers, model_flags, sweep_flags, sweep_store  # noqa: F401
 from jaxcnn import checkpoint, trainer
-from jaxcnn.ablation import Sweep, Axis
+from jaxcnn.ablation import Sweep, Axis, records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--batch_size=32", "--eval_batch_size=64", "--log_every=2", "--eval_every_epochs=0.1")
@@ -130,6 +131,54 @@ def test_a_failing_run_is_recorded_the_sweep_completes_and_only_it_is_retried(tm
     assert finished.stat().st_mtime_ns == written
 
 
+@pytest.mark.parametrize("how", ["full disk", "unwritable folder"])
+@pytest.mark.parametrize("failure", ["the run's own", "its job's error", "killed"])
+def test_a_failure_whose_failed_json_cannot_be_written_still_says_why_the_run_failed(
+        parsed_flags, tmp_path, monkeypatch, capsys, failure, how):
+    """Recording a failure can fail too: the program's one line (exit status 1) gives the run's
+    own reason and then why its failed.json could not be written. In this process, with the
+    training (or the launched job) standing in for itself."""
+    parsed_flags("--axis=learning_rate=0.01,1e12", "--steps=6")
+    sweep = sweep_flags.sweep_from_flags()
+    run = sweep.runs()[1]
+    run_dir = tmp_path / run.directory
+    if how == "full disk":
+        def full_disk(path, contents):   # what records.write_atomically raises on one
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        monkeypatch.setattr(records, "write_atomically", full_disk)
+        error = f"[Errno 28] No space left on device: '{run_dir / 'failed.json'}'"
+    else:   # a file where the run's folder would be (root writes wherever permissions say not)
+        run_dir.parent.mkdir()
+        run_dir.write_text("")
+        error = f"[Errno 17] File exists: '{run_dir}'"
+    if failure == "killed":
+        def killed(launch, jobs, parallel, should_stop, on_exit):
+            for indices, log in jobs:
+                on_exit(indices, -signal.SIGKILL, log)
+            return True
+        monkeypatch.setattr(launchers, "run_local", killed)
+        reason = f"killed by signal 9 without a result (log: {run_dir / 'job.log'})"
+        start = lambda: _ablate.launch_local(str(tmp_path), [(run,)], None, lambda: False)
+    else:
+        reason = "non-finite loss or gradient at step 3; stopped with no last good checkpoint"
+
+        def train_members(cfgs, should_stop):
+            if failure == "its job's error":
+                raise trainer.NonFiniteLossError(reason)
+            return [trainer.Member(cfgs[0], failure=reason)]
+        monkeypatch.setattr(trainer, "train_members", train_members)
+        start = lambda: _ablate.train_runs(sweep, [run], str(tmp_path), lambda: False)
+    with pytest.raises(SystemExit) as exit:
+        start()
+    assert exit.value.code == 1
+    said = capsys.readouterr()
+    line = (f"run 1 ({run.directory}) failed: {reason} (and its failed.json could not be written: "
+            f"{error})")
+    assert said.err == f"error: {line}\n"
+    assert failure != "killed" or said.out == f"{line}\n"   # as the launcher says each run's end
+    assert not os.path.exists(run_dir / "failed.json")
+
+
 def test_a_run_resumes_from_its_checkpoint(parsed_flags, tmp_path):
     """An interrupted run (checkpoint at step 4, no result) continues, not restarts, when its index
     is run again, as a requeued SLURM job does."""
@@ -142,7 +191,8 @@ def test_a_run_resumes_from_its_checkpoint(parsed_flags, tmp_path):
     train_steps = [json.loads(line)["step"] for line in open(tmp_path / "factorize=2/seed=0/metrics.jsonl")
                    if '"train"' in line]
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 8
-    assert result(tmp_path, "factorize=2/seed=0")["steps"] == 8
+    resumed = result(tmp_path, "factorize=2/seed=0")
+    assert resumed["steps"] == 8 and resumed["pack_size"] == 1 and resumed["packed_with"] == []
     assert not (tmp_path / "summary.md").exists()   # run 0 is still pending
 
 
@@ -252,7 +302,8 @@ def test_added_axis_values_keep_directories_and_say_which_indices_move(parsed_fl
 
 def test_a_packed_sweep_groups_packable_runs_and_equals_standalone_runs(parsed_flags, tmp_path):
     """--pack=4 over norm (not packable) x learning rate (packable): two jobs of two runs, one
-    per norm, each run the same run as trained alone (here, in this process)."""
+    per norm, each run the same run as trained alone (here, in this process); each result.json
+    names the runs it was packed with and gives their pack's seconds per epoch."""
     sweep = ("--axis=norm=none,batch", "--axis=learning_rate=0.001,0.003", "--steps=4")
     listed = ablate(*sweep, "--pack=4", "--list", f"--workdir={tmp_path / 'packed'}", check=0)
     assert listed.stdout.splitlines()[-3:] == ["--pack=4: 2 jobs for the runs to launch",
@@ -269,6 +320,10 @@ def test_a_packed_sweep_groups_packable_runs_and_equals_standalone_runs(parsed_f
         a = result(tmp_path / "packed", run.directory)
         assert a["steps"] == alone["step"] == 4
         assert a["top1"] == alone["top1"] and a["loss"] == pytest.approx(alone["loss"], rel=1e-3)
+        partner = runs[run.index ^ 1]   # 0 and 1, 2 and 3
+        assert a["pack_size"] == 2 and a["packed_with"] == [partner.index]
+        assert a["seconds_per_epoch"] == result(tmp_path / "packed",
+                                                partner.directory)["seconds_per_epoch"]
     assert (tmp_path / "packed/summary.md").read_text().count("| 1 | 0 | 0 |") == 4
     again = ablate("--pack=4", f"--workdir={tmp_path / 'packed'}", check=0)
     assert "nothing to run" in again.stdout

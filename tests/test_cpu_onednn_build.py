@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +116,35 @@ def test_a_lock_that_cannot_be_taken_is_warned_once_and_the_build_goes_on(
     assert why in logged[0]
     assert build.library_path() == path and len(builds) == 1       # built: no lock needed again
     assert len(warnings_logged("without the lock")) == 1
+
+
+def test_a_build_removes_other_keys_built_long_ago_unless_their_lock_is_held(tmp_path,
+                                                                             monkeypatch):
+    """A new key's build (a fake one) removes the library, build log and lock of other keys built
+    more than a week ago. It keeps younger ones (other kinds of node sharing the folder use them),
+    an old failed build that another process is trying again (holding its lock: here another open
+    file of this process, which flock tells apart alike), and whatever else the folder holds."""
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(build, "build_inputs", lambda: {"a": "fixed"})
+    monkeypatch.setattr(build, "_compile", lambda inputs, target, log: target.write_bytes(b"so"))
+    now, long_ago = time.time(), time.time() - build._KEEP_OTHER_KEYS_S - 60
+    library = "jaxcnn_onednn_conv-{}.so".format
+    old, young, failed, retried = "a" * 16, "b" * 16, "c" * 16, "d" * 16
+    removed = {library(old): long_ago, library(old) + ".lock": long_ago,
+               f"build-{failed}.log": long_ago, library(failed) + ".lock": long_ago}
+    kept = {library(young): now, library(young) + ".lock": now,
+            f"build-{retried}.log": long_ago, library(retried) + ".lock": long_ago,
+            "cifar10-decoded.npz": long_ago, library("notakey"): long_ago}
+    for name, mtime in {**removed, **kept}.items():
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (mtime, mtime))
+    import fcntl
+    with open(tmp_path / (library(retried) + ".lock")) as retrying:
+        fcntl.flock(retrying, fcntl.LOCK_EX)
+        path = build.library_path()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*kept, path.name, path.name + ".lock"])
+    assert path.read_bytes() == b"so"
 
 
 @needs_toolchain

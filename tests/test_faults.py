@@ -1,7 +1,7 @@
 """More failure modes (README "When things go wrong"), each through the programs: a damaged newest
 checkpoint under `runs.load` and `experiments.predict`; a full disk while writing metrics.jsonl,
-the TensorBoard events and a sweep's records; a workdir the program may not write; a sweep run
-killed by a signal; two `--aggregate` of one sweep at the same moment.
+the TensorBoard events, curves.png and a sweep's records; a workdir the program may not write; a
+sweep run killed by a signal; two `--aggregate` of one sweep at the same moment.
 
 Every run is LeNet-5 on the embedded digits, a few steps, in a subprocess. A full disk is a file
 size limit (RLIMIT_FSIZE: a write past it fails with EFBIG, "File too large", as a full disk fails
@@ -196,7 +196,7 @@ def test_predict_skips_a_damaged_newest_checkpoint_with_one_warning(trained_work
     assert result.stdout != printed(8)   # the damaged step's own model would say otherwise
 
 
-# ---- a full disk while writing metrics.jsonl --------------------------------------------------
+# ---- a full disk while writing metrics.jsonl and curves.png -----------------------------------
 
 def test_a_full_disk_while_writing_metrics_keeps_the_rows_and_the_checkpoints(trained_workdir,
                                                                               tmp_path):
@@ -246,6 +246,21 @@ def test_a_row_left_unfinished_by_an_earlier_writer_is_cut_off_before_the_next_o
     assert "cutting off an unfinished last row (13 bytes)" in caplog.text
 
 
+def test_a_full_disk_while_drawing_the_curves_names_the_file_and_keeps_the_figure(
+        trained_workdir, tmp_path):
+    """A finished run run again only evaluates and redraws curves.png, which does not fit: the
+    error names it, and the previous figure stays whole (no truncated PNG, no temporary file)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    curves = workdir / "curves.png"
+    figure = curves.read_bytes()
+    result = program("run", *QUICK, "--steps=8", f"--workdir={workdir}",
+                     max_file_bytes=len(figure) // 2)
+    assert_one_line_error(result, f"error: [Errno 27] File too large: '{curves}'")
+    assert curves.read_bytes() == figure
+    assert not glob.glob(str(workdir / ".curves.png.*"))
+
+
 # ---- a sweep: its records on a full disk, a killed run, two aggregates at once ----------------
 
 SWEEP = (*QUICK, "--steps=2", "--log_every=1", "--axis=dropout=0.25,0.5")
@@ -293,8 +308,10 @@ def test_a_full_disk_while_writing_a_sweeps_records_keeps_what_was_written(sweep
 
     assert_one_line_error(result, f"error: [Errno 27] File too large: "
                                   f"'{copies['result'] / run0 / 'result.json'}'")
-    assert_one_line_error(failed, f"error: [Errno 27] File too large: "
-                                  f"'{copies['failed'] / run1 / 'failed.json'}'")
+    assert_one_line_error(failed, f"error: run 1 ({run1}) failed: batch_size=30 must be a "
+                                  f"positive multiple of the device count (8) (and its failed.json "
+                                  f"could not be written: [Errno 27] File too large: "
+                                  f"'{copies['failed'] / run1 / 'failed.json'}')")
     assert_one_line_error(report, f"error: [Errno 27] File too large: "
                                   f"'{copies['report'] / 'runs.csv'}'")
     for name, copy in copies.items():

@@ -6,6 +6,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from jaxcnn import plot
+from jaxcnn.ablation import records, stats
+from jaxcnn.ablation.spec import Run
 from jaxcnn.ablation.stats import ConfigSummary, Estimate
 
 ROWS = [{"split": "train", "step": 5, "epoch": 0.5, "loss": 2.0, "top1": 0.25},
@@ -115,3 +117,34 @@ def test_cost_accuracy_points_are_means_with_their_intervals_at_their_costs():
         assert not ax.containers[2].lines[2]           # one seed: no interval
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["base (baseline)", "wide", "one seed"]
+
+
+def test_sweep_figure_rows_show_clipped_intervals_last_evaluations_and_comparisons(tmp_path):
+    seeds = {"base": [0.95, 0.99, 0.999], "wide": [0.96, 0.97, 0.98]}
+    recs = [records.Record(Run(i, config, seed, ()), records.FINISHED, {"top1": top1})
+            for i, (config, seed, top1) in enumerate(
+                (c, s, t) for c, values in seeds.items() for s, t in enumerate(values))]
+    versus = stats.Comparison(diff=-0.0097, diff_ci_low=-0.031, diff_ci_high=0.012, p=0.4,
+                              p_improve=4 / 9)
+    summaries = [
+        ConfigSummary(config, {"finished": 3, "failed": 0, "pending": 0},
+                      {"top1": stats.estimate(values, stats.RANGES["top1"]),
+                       "top1_last5": stats.estimate([v - 0.02 for v in values])},
+                      {"top1": comparison}, {}, [], config == "base")
+        for (config, values), comparison in zip(seeds.items(), (stats.UNCOMPARED, versus))]
+    assert summaries[0].metrics["top1"].ci_high == 1.0        # clipped: unclipped it is past 1
+    ax = plot.sweep_figure(str(tmp_path), recs, summaries).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "base\n(baseline)", "wide\nΔ -1.0 [-3.1, +1.2], P(improve) 0.44"]
+    for row, s in enumerate(summaries):
+        top1 = s.metrics["top1"]
+        bar = ax.containers[row].lines[2][0].get_segments()[0]
+        np.testing.assert_allclose(bar, [[100 * top1.ci_low, row], [100 * top1.ci_high, row]])
+        dots = [line for line in ax.lines if list(line.get_ydata()) == [row] * 3]
+        assert sorted(dots[0].get_xdata()) == pytest.approx([100 * v for v in seeds[s.config]])
+    hollow = [line for line in ax.lines if line.get_marker() == "D"]
+    assert [line.get_markerfacecolor() for line in hollow] == ["none", "none"]
+    assert [line.get_xdata()[0] for line in hollow] == [
+        pytest.approx(100 * s.metrics["top1_last5"].mean) for s in summaries]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "final, each seed", "mean of the last 5 evaluations", "final: mean, 95% CI"]

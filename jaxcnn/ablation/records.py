@@ -3,41 +3,25 @@ finished or `failed.json` (with a one-line reason) once it has failed; neither m
 (queued, running, preempted, or killed before it could say). Each file is written atomically and
 only by its own run, so runs finishing at the same moment never touch each other's record.
 Reading needs no JAX (`jaxcnn.ablation.result` writes a finished run's record).
+A finished run's `top1_last5` (the mean test top-1 of its last evaluations) is read from its
+metrics.jsonl when its result.json was written before the field was.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-import tempfile
 import time
 
 from jaxcnn.ablation.spec import Run, Sweep
+from jaxcnn.files import write_atomically
+from jaxcnn.metrics_file import read_metrics
 
 RESULT_FILE, FAILED_FILE = "result.json", "failed.json"
 FINISHED, FAILED, PENDING = "finished", "failed", "pending"
-
-
-def write_atomically(path: str, contents: bytes | str) -> None:
-    """Writes a file that readers see whole or not at all (a temporary file, then a rename): a
-    failed write (a full disk, a missing permission) leaves the file as it was, removes the
-    temporary one, and raises an OSError that names `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)   # its error names the directory
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(contents.encode() if isinstance(contents, str) else contents)
-        os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide results from the rest of the lab
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno:   # the write's own error names no file
-            raise OSError(e.errno, e.strerror, path) from e
-        raise
+LAST_EVALS = 5
+TOP1_LAST = f"top1_last{LAST_EVALS}"   # result.json's field: see `top1_last`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +36,19 @@ def read(sweep_dir: str, run: Run) -> Record:
         path = os.path.join(sweep_dir, run.directory, name)
         if os.path.exists(path):
             with open(path) as f:
-                return Record(run, status, json.load(f))
+                data = json.load(f)
+            if status == FINISHED and TOP1_LAST not in data:   # written by an older jaxcnn
+                data[TOP1_LAST] = top1_last(read_metrics(os.path.join(sweep_dir, run.directory)))
+            return Record(run, status, data)
     return Record(run, PENDING, {})
+
+
+def top1_last(rows: list[dict]) -> float:
+    """The mean test top-1 of the last LAST_EVALS test evaluations among a run's metrics.jsonl
+    `rows` (fewer if it made fewer; nan if none), so that one noisy last evaluation does not decide
+    a comparison on its own."""
+    top1 = [r["top1"] for r in rows if r["split"] == "test"][-LAST_EVALS:]
+    return sum(top1) / len(top1) if top1 else math.nan
 
 
 def read_records(sweep_dir: str, sweep: Sweep) -> list[Record]:

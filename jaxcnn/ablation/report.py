@@ -1,12 +1,14 @@
 """A sweep's results files, rewritten whole from the runs' records: `runs.csv` (one row per run),
-`summary.csv` and `summary.md` (one row per configuration; it says so when finished runs ran
-different kernels, `jaxcnn.cpu.record`) and `summary.png` (test top-1 with
-95% confidence intervals, and the mean test-accuracy curve of each configuration with a ±1 sd
-band). Each file is replaced atomically, so two runs that finish at the same moment and both
-rewrite the report leave a whole one."""
+`summary.csv` and `summary.md` (one row per configuration: `stats`' estimates and comparisons with
+the baseline; summary.md says so when finished runs ran different kernels, `jaxcnn.cpu.record`)
+and `summary.png` (test top-1 with 95% confidence intervals and the mean of the last evaluations,
+and the mean test-accuracy curve of each configuration with a ±1 sd band). Each file is replaced
+atomically, so two runs that finish at the same moment and both rewrite the report leave a whole
+one."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -15,11 +17,12 @@ import os
 from jaxcnn import plot
 from jaxcnn.ablation import records as records_lib
 from jaxcnn.ablation.spec import Sweep
-from jaxcnn.ablation.stats import COSTS, METRICS, ConfigSummary, summarize
+from jaxcnn.ablation.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, COSTS, METRICS,
+                                   ConfigSummary, Estimate, summarize)
 
-RUN_COLUMNS = ("index", "config", "seed", "status", "top1", "top5", "loss", "params",
-               "flops_per_image", "seconds_per_epoch", "epochs", "steps", "kernels", "reason",
-               "directory")
+RUN_COLUMNS = ("index", "config", "seed", "status", "top1", records_lib.TOP1_LAST, "top5", "loss",
+               "params", "flops_per_image", "seconds_per_epoch", "epochs", "steps", "kernels",
+               "reason", "directory")
 
 
 def write(sweep_dir: str, sweep: Sweep, baseline: str | None = None
@@ -62,15 +65,31 @@ def run_row(record: records_lib.Record) -> dict:
             "kernels": _kernels(record), "directory": record.run.directory}
 
 
-def kernels_note(records: list[records_lib.Record]) -> str:
-    """Empty when every finished run ran the same kernels; else a paragraph for summary.md that
-    lists the runs of each kernel record (whose JSON is runs.csv's `kernels` column)."""
-    groups: dict[str, list[str]] = {}
+LAYER_FORMS = ("convolutions", "dense")   # a kernel record's per-layer entries
+
+
+def _differ(records: list[records_lib.Record]) -> bool:
+    """Whether finished runs ran differently: other settings anywhere in the sweep (platform,
+    devices, switches, oneDNN's status), or other layer forms within one configuration (across
+    configurations that change the architecture the layers themselves differ)."""
+    settings, forms = set(), {}
     for r in records:
-        if r.status == records_lib.FINISHED and _kernels(r) is not None:
-            groups.setdefault(_kernels(r), []).append(str(r.run.index))
-    if len(groups) < 2:
+        kernels = r.data["kernels"]
+        settings.add(json.dumps({k: v for k, v in kernels.items() if k not in LAYER_FORMS},
+                                sort_keys=True))
+        forms.setdefault(r.run.config, set()).add(_kernels(r))
+    return len(settings) > 1 or any(len(f) > 1 for f in forms.values())
+
+
+def kernels_note(records: list[records_lib.Record]) -> str:
+    """Empty unless finished runs ran differently (`_differ`); else a paragraph for summary.md
+    that lists the runs of each kernel record (whose JSON is runs.csv's `kernels` column)."""
+    done = [r for r in records if r.status == records_lib.FINISHED and _kernels(r) is not None]
+    if not _differ(done):
         return ""
+    groups: dict[str, list[str]] = {}
+    for r in done:
+        groups.setdefault(_kernels(r), []).append(str(r.run.index))
     lines = ["", f"Finished runs ran {len(groups)} different sets of kernels (runs.csv's `kernels` "
              "column): compare their results with care."]
     lines += [f"- runs {', '.join(runs)}: {kernels}" for kernels, runs in groups.items()]
@@ -78,7 +97,9 @@ def kernels_note(records: list[records_lib.Record]) -> str:
 
 
 SUMMARY_COLUMNS = ("config", "baseline", "n", "failed", "pending",
-                   *(f"{m}_{s}" for m in METRICS for s in ("mean", "sd", "ci_low", "ci_high", "p")),
+                   *(f"{m}_{s}" for m in METRICS
+                     for s in ("mean", "sd", "ci_low", "ci_high", "diff", "diff_ci_low",
+                               "diff_ci_high", "p", "p_improve")),
                    *COSTS)
 
 
@@ -87,7 +108,8 @@ def summary_row(s: ConfigSummary) -> dict:
            "failed": s.counts["failed"], "pending": s.counts["pending"], **s.costs}
     for m, e in s.metrics.items():
         row.update({f"{m}_mean": e.mean, f"{m}_sd": e.sd, f"{m}_ci_low": e.ci_low,
-                    f"{m}_ci_high": e.ci_high, f"{m}_p": s.p_values[m]})
+                    f"{m}_ci_high": e.ci_high,
+                    **{f"{m}_{k}": v for k, v in dataclasses.asdict(s.comparisons[m]).items()}})
     return row
 
 
@@ -99,29 +121,51 @@ def _p(x: float) -> str:
     return "–" if math.isnan(x) else f"{x:.3g}"
 
 
+def _mean_sd(e: Estimate) -> str:
+    return _pct(e.mean) + ("" if math.isnan(e.sd) else f" ± {_pct(e.sd)}")
+
+
+def _delta(s: ConfigSummary) -> str:
+    """The difference of mean top-1 to the baseline's in points, with its bootstrap interval."""
+    if s.is_baseline:
+        return "baseline"
+    c = s.comparisons["top1"]
+    if math.isnan(c.diff):
+        return "–"
+    interval = "" if math.isnan(c.diff_ci_low) else (
+        f" [{100 * c.diff_ci_low:+.2f}, {100 * c.diff_ci_high:+.2f}]")
+    return f"{100 * c.diff:+.2f}{interval}"
+
+
+LEGEND = (f"Δ, p and P(improve): final test top-1 against the baseline. p: Welch's two-sided "
+          f"t-test. Δ's 95% CI: bootstrap percentile, {BOOTSTRAP_RESAMPLES:,} resamples of each "
+          f"sample, seed {BOOTSTRAP_SEED}. P(improve): P(run > baseline run) over all pairs of "
+          "seeds, ties counting 1/2. 95% CI: Student t, clipped to [0, 100]%. summary.csv has "
+          "them all for top-5 and loss too (P(improve) of loss: P(lower)).")
+
+
 def markdown(summaries: list[ConfigSummary]) -> str:
-    """One row per configuration; p is Welch's two-sided t-test of test top-1 against the
-    baseline. Failed runs are listed under the table with their reasons."""
-    base = next((s for s in summaries if s.is_baseline), None)
-    lines = ["| configuration | n | failed | pending | test top-1 % (mean ± sd) | 95% CI | "
-             "Δ top-1 | p (Welch) | test top-5 % | test loss | params | MFLOPs / image | "
-             "s / epoch |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    """One row per configuration and a legend line that names the tests. Failed runs are listed
+    under them with their reasons."""
+    lines = ["| configuration | n | failed | pending | test top-1 % final (mean ± sd) | 95% CI | "
+             f"mean of last {records_lib.LAST_EVALS} evals % (mean ± sd) | "
+             "Δ top-1 vs baseline [bootstrap 95% CI] | p (Welch) | P(improve) | test top-5 % | "
+             "test loss | params | MFLOPs / image | s / epoch |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for s in summaries:
-        top1, top5, loss = (s.metrics[m] for m in METRICS)
-        gain = math.nan if base is None else top1.mean - base.metrics["top1"].mean
-        delta = "baseline" if s.is_baseline else "–" if math.isnan(gain) else f"{100 * gain:+.2f}"
+        top1, top5, loss = (s.metrics[m] for m in ("top1", "top5", "loss"))
         cost = ("–", "–", "–") if math.isnan(s.costs["params"]) else (
             f"{s.costs['params']:,.0f}", f"{s.costs['flops_per_image'] / 1e6:,.2f}",
             f"{s.costs['seconds_per_epoch']:.1f}")
-        sd = "" if math.isnan(top1.sd) else f" ± {_pct(top1.sd)}"
         ci = "–" if math.isnan(top1.ci_low) else f"{_pct(top1.ci_low)} – {_pct(top1.ci_high)}"
+        versus = s.comparisons["top1"]
         lines.append(
             f"| {s.config} | {s.counts['finished']} | {s.counts['failed']} | "
-            f"{s.counts['pending']} | {_pct(top1.mean)}{sd} | "
-            f"{ci} | {delta} | {_p(s.p_values['top1'])} | "
-            f"{_pct(top5.mean)} | {'–' if math.isnan(loss.mean) else f'{loss.mean:.4f}'} | "
-            f"{' | '.join(cost)} |")
+            f"{s.counts['pending']} | {_mean_sd(top1)} | {ci} | "
+            f"{_mean_sd(s.metrics[records_lib.TOP1_LAST])} | {_delta(s)} | {_p(versus.p)} | "
+            f"{_p(versus.p_improve)} | {_pct(top5.mean)} | "
+            f"{'–' if math.isnan(loss.mean) else f'{loss.mean:.4f}'} | {' | '.join(cost)} |")
+    lines += ["", LEGEND]
     failures = [f"- {s.config}, {f}" for s in summaries for f in s.failures]
     if failures:
         lines += ["", "Failed runs (not averaged in):", *failures]

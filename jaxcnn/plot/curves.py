@@ -1,10 +1,12 @@
 """The loss and top-1 curves of one run, train and test, from its metric rows."""
 from __future__ import annotations
 
+import io
 import os
 
 from matplotlib.figure import Figure
 
+from jaxcnn.files import write_atomically
 from jaxcnn.metrics_file import read_metrics
 
 
@@ -29,8 +31,11 @@ def curves_figure(rows: list[dict], title: str | None = None) -> Figure:
 
 
 def plot_curves(workdir: str, filename: str = "curves.png") -> str:
-    """Writes the curves of the run in `workdir` to `workdir/filename`; returns its path."""
+    """Writes the curves of the run in `workdir` to `workdir/filename` (whole or not at all: a
+    full disk keeps the previous figure and names the file); returns its path."""
     fig = curves_figure(read_metrics(workdir), os.path.basename(os.path.abspath(workdir)))
+    image = io.BytesIO()
+    fig.savefig(image, format=os.path.splitext(filename)[1][1:] or "png", dpi=100)
     path = os.path.join(workdir, filename)
-    fig.savefig(path, dpi=100)
+    write_atomically(path, image.getvalue())
     return path

@@ -18,6 +18,10 @@ temporary file renamed into place: never a half-written library, at worst a few 
 Anything missing raises `Unavailable` with a one-line reason; a failed compile keeps the compiler's
 full output in `<cache>/build-<key>.log` and the reason names it. jaxcnn then keeps XLA's own
 convolutions.
+
+So that the cache does not grow forever, each build removes the files of other keys built more
+than a week before (an earlier conv.cc, compiler or jaxlib left them) unless another process holds
+their lock; a folder shared with other kinds of node rebuilds their libraries at most once a week.
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ SOURCE = pathlib.Path(__file__).with_name("conv.cc")
 FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-w")   # before $CXXFLAGS, which may override
 _OUTPUT = "<output>"                                     # the output's place in the hashed command
 _PROBE_TIMEOUT_S = 60
+_KEEP_OTHER_KEYS_S = 7 * 24 * 3600                       # see `_remove_old_keys`
+_KEYED_FILE = re.compile(r"jaxcnn_onednn_conv-(?P<so>[0-9a-f]{16})\.so(\.lock)?|"
+                         r"build-(?P<log>[0-9a-f]{16})\.log")
 
 
 class Unavailable(RuntimeError):
@@ -151,19 +158,26 @@ def cache_key(inputs: dict[str, str] | None = None) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _files(cache: pathlib.Path, key: str) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """A key's library, build log (of a failed build) and lock in the cache folder."""
+    library = cache / f"jaxcnn_onednn_conv-{key}.so"
+    return library, cache / f"build-{key}.log", cache / f"{library.name}.lock"
+
+
 def library_path() -> pathlib.Path:
     """The compiled library, built now if it is not in the cache yet."""
     inputs = build_inputs()
     key = cache_key(inputs)
     cache = _cache_dir()
-    target = cache / f"jaxcnn_onednn_conv-{key}.so"
+    target, log, lock = _files(cache, key)
     if target.exists():
         return target
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        with _locked(cache / f"{target.name}.lock"):
+        with _locked(lock):
             if not target.exists():
-                _compile(inputs, target, cache / f"build-{key}.log")
+                _compile(inputs, target, log)
+                _remove_old_keys(cache, key)
     except OSError as e:
         raise Unavailable(f"cannot write the library into the cache folder {cache}: "
                           f"{_one_line(str(e))} (set JAXCNN_CACHE_DIR to a writable folder)") from e
@@ -192,6 +206,42 @@ def _locked(path: pathlib.Path):
                             "lock: processes starting together may each build it (the result is "
                             "the same)", path, why)
         yield
+
+
+def _remove_old_keys(cache: pathlib.Path, key: str) -> None:
+    """Removes the library, build log and lock of each other key last built more than
+    _KEEP_OTHER_KEYS_S ago, unless another process holds its lock (building it now). Younger
+    ones stay: a home folder shared by other kinds of node holds theirs, in use. What cannot be
+    removed is logged: the build itself has succeeded."""
+    keys = {m["so"] or m["log"] for m in map(_KEYED_FILE.fullmatch, os.listdir(cache)) if m}
+    long_ago = time.time() - _KEEP_OTHER_KEYS_S
+    for old in sorted(keys - {key}):
+        library, log, lock = _files(cache, old)
+        try:
+            with open(lock, "a") as held:
+                if _held_elsewhere(held) or any(p.exists() and p.stat().st_mtime > long_ago
+                                                for p in (library, log)):
+                    continue
+                for path in (library, log, lock):
+                    path.unlink(missing_ok=True)
+        except OSError as e:
+            logging.warning("jaxcnn: cannot remove an old oneDNN library from the cache: %s", e)
+
+
+def _held_elsewhere(lock) -> bool:
+    """Whether another process holds the lock on `lock` (an open file); if none does, it is
+    taken. False where no lock can be taken (no fcntl, no flock on this file system)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:   # ENOLCK, EOPNOTSUPP (`_locked` has warned): no lock to respect
+        pass
+    return False
 
 
 def _compile(inputs: dict[str, str], target: pathlib.Path, log: pathlib.Path) -> None:

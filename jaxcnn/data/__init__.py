@@ -1,6 +1,7 @@
 """The data layer, from disk to the devices:
 
     sources   which datasets exist, their classes, splits, per-host slices and normalisation
+    folders   image folders: train/ with test/ or val/, listed once and the listing cached
     tf_host   streamed: tf.data decodes, augments (tf_ops) and batches this host's slice as uint8
     decoded   device-resident folders: Pillow (pil_ops) decodes a split once, cached on disk
     device    host batches to global arrays; the device-resident split, augmented on the devices

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from jaxcnn.config import DataConfig
-from jaxcnn.data import pil_ops, sources
+from jaxcnn.data import folders, pil_ops, sources
 from jaxcnn.data.sources import Host
 
 _FORMAT = 1   # bump when the decoding changes, so that old cache entries are not reused
@@ -27,7 +27,7 @@ _FORMAT = 1   # bump when the decoding changes, so that old cache entries are no
 def folder_arrays(cfg: DataConfig, split: str, host: Host) -> tuple[np.ndarray, np.ndarray]:
     """Host's slice of a folder split ("train" or "test"): uint8 [n, size, size, channels] images at
     the evaluation geometry of cfg.augment, and int32 labels, in the split's fixed order."""
-    files = sources.folder_files(cfg.dataset[len(sources.FOLDER_PREFIX):])
+    files = folders.folder_files(cfg.dataset[len(sources.FOLDER_PREFIX):], cfg.cache_dir)
     paths, labels = files.train if split == "train" else files.test
     part = sources.host_slice(len(paths), host, drop_remainder=split == "train")
     paths, labels = paths[part], labels[part]

@@ -2,9 +2,10 @@
 
 Three kinds of source, all giving uint8 images with the channel count the model takes:
 * TFDS names, read with tensorflow_datasets (images stay encoded until the pipeline decodes them);
-* "folder:PATH", class sub-folders of JPEG/PNG files (`PATH/train/<class>/*` and
-  `PATH/test/<class>/*`; without `test/`, a fixed 10% of each training class is held out), decoded
-  by tf.data when streamed and by Pillow when device-resident (jaxcnn.data.decoded);
+* "folder:PATH", class sub-folders of JPEG/PNG files (`PATH/train/<class>/*` and `PATH/test/<class>/*`
+  or `PATH/val/<class>/*`; without either, a fixed 10% of each training class is held out; listed
+  by jaxcnn.data.folders), decoded by tf.data when streamed and by Pillow when device-resident
+  (jaxcnn.data.decoded);
 * "digits", scikit-learn's bundled 8x8 digits held in numpy: the quick start needs no download and no
   TensorFlow.
 TensorFlow is imported only by TFDS and the streamed folder path, and kept off the accelerators.
@@ -15,9 +16,9 @@ import functools
 from typing import Callable, NamedTuple
 
 import numpy as np
-from etils import epath
 
 from jaxcnn.config import DataConfig
+from jaxcnn.data.folders import SPLIT_SEED, folder_files
 
 # TFDS name -> (train split, test split). cats_vs_dogs ships only "train": its last 10% is the test.
 TFDS_SPLITS = {
@@ -31,10 +32,7 @@ TFDS_SPLITS = {
 }
 DIGITS = "digits"
 FOLDER_PREFIX = "folder:"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-FOLDER_TEST_FRACTION = 0.1
 DIGITS_NUM_TEST = 300        # of 1,797: a fixed seeded permutation leaves 1,497 for training
-SPLIT_SEED = 0               # fixed seed of the held-out splits: independent of the run's seed
 
 # Evaluation resizes the shorter side to size * this, then centre-crops `size`: the whole image for
 # the small-image augmentations, the classic 0.875 crop for Inception-style training, and VGG's
@@ -110,7 +108,7 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     if cfg.dataset == DIGITS:
         return DatasetInfo(10, [str(d) for d in range(10)], 1797 - DIGITS_NUM_TEST, DIGITS_NUM_TEST)
     if cfg.dataset.startswith(FOLDER_PREFIX):
-        files = folder_files(cfg.dataset[len(FOLDER_PREFIX):])
+        files = folder_files(cfg.dataset[len(FOLDER_PREFIX):], cfg.cache_dir)
         return DatasetInfo(len(files.class_names), list(files.class_names),
                            len(files.train[0]), len(files.test[0]))
     builder = _tfds_builder(cfg)
@@ -204,61 +202,7 @@ def _tfds_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) 
                     lambda encoded: _decode(tf, encoded, cfg.channels), None)
 
 
-# --- folders ------------------------------------------------------------------------------------
-
-class FolderFiles(NamedTuple):
-    class_names: tuple[str, ...]
-    train: tuple[np.ndarray, np.ndarray]   # (paths, int32 labels), in a fixed shuffled order
-    test: tuple[np.ndarray, np.ndarray]
-
-
-@functools.lru_cache(maxsize=8)
-def folder_files(root: str) -> FolderFiles:
-    """Lists `root/train/<class>/*.{jpg,jpeg,png}` and `root/test/<class>/...` (class names: the
-    sorted train sub-folder names; other files are ignored). Without `root/test`, the first 10%
-    (rounded down) of a seeded permutation of each class is the test split. Each split is put in a
-    fixed shuffled order so that contiguous host slices hold all classes. Local paths and, through
-    etils.epath, cloud storage paths; TensorFlow is not needed."""
-    train_dir, test_dir = epath.Path(root, "train"), epath.Path(root, "test")
-    if not train_dir.is_dir():
-        raise FileNotFoundError(f"folder dataset {root!r}: no {str(train_dir)!r}; expected "
-                                f"{root}/train/<class>/*.jpg|png and optionally {root}/test/<class>/")
-    class_names = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
-    if not class_names:
-        raise ValueError(f"folder dataset {root!r}: {str(train_dir)!r} has no class sub-folders")
-    train = [_list_images(train_dir / c) for c in class_names]
-    if test_dir.is_dir():
-        extra = sorted({d.name for d in test_dir.iterdir()} - set(class_names))
-        if extra:
-            raise ValueError(f"folder dataset {root!r}: test classes {extra} are not in "
-                             f"{str(train_dir)!r}")
-        test = [_list_images(test_dir / c, required=False) for c in class_names]
-    else:
-        train, test = zip(*(_hold_out(files, seed=i) for i, files in enumerate(train)))
-    return FolderFiles(class_names, _shuffled_split(train), _shuffled_split(test))
-
-
-def _hold_out(files: list[str], seed: int) -> tuple[list[str], list[str]]:
-    """(train, test) of one class's files: test is a seeded FOLDER_TEST_FRACTION of them."""
-    order = np.random.default_rng([SPLIT_SEED, seed]).permutation(len(files))
-    num_test = int(len(files) * FOLDER_TEST_FRACTION)
-    return ([files[j] for j in sorted(order[num_test:])], [files[j] for j in sorted(order[:num_test])])
-
-
-def _list_images(directory: epath.Path, required: bool = True) -> list[str]:
-    files = sorted(str(f) for f in directory.iterdir()
-                   if f.name.lower().endswith(IMAGE_EXTENSIONS)) if directory.is_dir() else []
-    if required and not files:
-        raise ValueError(f"folder dataset: no {'/'.join(IMAGE_EXTENSIONS)} files in {str(directory)!r}")
-    return files
-
-
-def _shuffled_split(per_class: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-    paths = np.array([f for files in per_class for f in files], dtype=object)
-    labels = np.concatenate([np.full(len(files), i, np.int32) for i, files in enumerate(per_class)])
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(paths))
-    return paths[order].astype(str), labels[order]
-
+# --- folders (listed by jaxcnn.data.folders) ---------------------------------------------------
 
 def _read_image_file(tf, path, channels: int):
     """Decodes a JPEG/PNG file; a file with neither signature fails naming it (tf.data errors
@@ -272,7 +216,7 @@ def _read_image_file(tf, path, channels: int):
 
 def _folder_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:
     tf = import_tf()
-    files = folder_files(cfg.dataset[len(FOLDER_PREFIX):])
+    files = folder_files(cfg.dataset[len(FOLDER_PREFIX):], cfg.cache_dir)
     paths, labels = files.train if split == "train" else files.test
     part = host_slice(len(paths), host, drop_remainder)
     paths, labels = paths[part], labels[part]

@@ -2,6 +2,11 @@
 # The GPU checks of issue #14 in one run, for a GPU host with JAX, flax, optax, orbax, absl,
 # Pillow and torch but no TensorFlow (as on the H200 of BENCHMARKS.md "GPU"):
 #   1. versions and the GPU;
+#   1a. first in priority, issue #32: the conv-tricks article's three sweeps
+#       (experiments/sweeps/{conv_factorization,normalization,multi_branch}.flags) at their full
+#       40 epochs on the real CIFAR-10 folder, device-resident, each configuration's seeds packed
+#       as one program; the runs' records, summaries and logs to $OUT/sweeps/ (checkpoints stay in
+#       $WORK); then scripts/conv_tricks_speed.sh on the GPU (stage tricks);
 #   1b. packed runs first (issue #25): the train step of lenet5, convnet_cifar and vgg_cifar at
 #       K = 1, 2, 4, 8, 16, 32 packed members, float32 and bfloat16 (`--pack`), to bench.jsonl;
 #   2. the quick start under that JAX;
@@ -22,7 +27,9 @@ CIFAR10_TAR=${CIFAR10_TAR:?set CIFAR10_TAR to cifar10_jpg.tar.gz}
 BUDGET_S=${BUDGET_S:-570}
 PADDLE_ARGS=${PADDLE_ARGS:-}
 RESERVE_S=${RESERVE_S:-100}          # kept for the benchmarks after the CIFAR-10 run
-STAGES=${STAGES:-pack,quickstart,bench,paddle}
+SWEEP_ARGS=${SWEEP_ARGS:-}          # appended to every sweep (e.g. --epochs=0.05 for a smoke test)
+SWEEPS=${SWEEPS:-conv_factorization normalization multi_branch}
+STAGES=${STAGES:-sweeps,tricks,pack,quickstart,bench,paddle}
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/jaxcnn_gpu}
 export PYTHONUNBUFFERED=1
@@ -53,7 +60,33 @@ import importlib.util
 print('tensorflow importable:', importlib.util.find_spec('tensorflow') is not None)"
   nproc; } >> "$OUT/env.txt" 2>&1
 
-if want pack; then   # first in priority: what packing gains on a GPU
+cifar10() {  # the real CIFAR-10 folder, extracted once
+  [[ -d "$WORK/cifar10/train" ]] || { mkdir -p "$WORK/cifar10" && tar xzf "$CIFAR10_TAR" -C "$WORK/cifar10"; }
+}
+
+if want sweeps; then
+  cifar10
+  for sweep in $SWEEPS; do
+    limit=$(( $(left) - RESERVE_S )); (( limit < 60 )) && { say "skipped sweep $sweep: no time left"; continue; }
+    say "sweep $sweep (packed, up to $limit s)"
+    timeout "$limit" "$PYTHON" -m experiments.ablate --sweep_file="experiments/sweeps/$sweep.flags" \
+      --dataset="folder:$WORK/cifar10" --device_resident --cache_dir="$WORK/cache" --pack=4 \
+      --workdir="$WORK/sweeps/$sweep" $SWEEP_ARGS > "$OUT/sweep_$sweep.log" 2>&1
+    say "sweep $sweep exit status $? (124: stopped by the time budget; its finished runs count)"
+    mkdir -p "$OUT/sweeps"   # the records, not the checkpoints
+    (cd "$WORK/sweeps" && find "$sweep" -not -path '*/launches/*' \( -name result.json -o -name \
+      failed.json -o -name metrics.jsonl -o -name job.log -o -name 'summary.*' -o -name runs.csv \
+      -o -name sweep.flags \) -print0 | tar cf - --null -T - | tar xf - -C "$OUT/sweeps")
+  done
+fi
+
+if want tricks; then
+  say "conv tricks' cost (scripts/conv_tricks_speed.sh)"
+  OUT="$OUT/conv_tricks.jsonl" ROUNDS=4 PYTHON="$PYTHON" timeout 240 bash scripts/conv_tricks_speed.sh \
+    > "$OUT/conv_tricks.md" 2> "$OUT/conv_tricks.log" || say "conv tricks' cost failed ($?)"
+fi
+
+if want pack; then   # what packing gains on a GPU
   for model in "lenet5 32 64 10" "convnet_cifar 24 128 10" "vgg_cifar 32 128 10"; do
     set -- $model
     for dtype in float32 bfloat16; do
@@ -77,7 +110,7 @@ bench vgg16 224 256 1000 float32 20 5
 
 if want paddle; then
   say "CIFAR-10 folder + vgg16_cifar10_paddle.flags"
-  mkdir -p "$WORK/cifar10" && tar xzf "$CIFAR10_TAR" -C "$WORK/cifar10"
+  cifar10
   limit=$(( $(left) - RESERVE_S )); (( limit < 60 )) && limit=60
   timeout "$limit" "$PYTHON" -m experiments.run \
     --flagfile=experiments/flags/vgg16_cifar10_paddle.flags --dataset="folder:$WORK/cifar10" \

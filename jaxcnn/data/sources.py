@@ -67,11 +67,12 @@ class Host(NamedTuple):
 
 
 class TFSource(NamedTuple):
-    """One host's slice of a split as tf.data: `dataset(shuffle_seed)` yields (key, label) pairs that
-    `read(key)` turns into uint8 [h, w, channels] images; keys are cheap to shuffle (encoded bytes or
-    file paths). `shuffle_buffer`: None for "use the configured one", else the whole slice."""
+    """One host's slice of a split as tf.data: `dataset(shuffle_seed)` yields (key, label) pairs
+    whose images `load(key)` returns encoded (JPEG or PNG bytes, decoded by jaxcnn.data.tf_ops,
+    which decodes only the window a training view needs); keys are cheap to shuffle (encoded bytes
+    or file paths). `shuffle_buffer`: None for "use the configured one", else the whole slice."""
     dataset: Callable
-    read: Callable
+    load: Callable
     shuffle_buffer: int | None
 
 
@@ -189,29 +190,25 @@ def _tfds_split_size(builder, split: str) -> int:
     return int(_tfds_read(builder, split).reduce(0, lambda n, _: n + 1))
 
 
-def _decode(tf, encoded, channels: int):
-    return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-
-
 def _tfds_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:
     tf = import_tf()
     import tensorflow_datasets as tfds
     builder = _tfds_builder(cfg)
     host_split = tfds.even_splits(split, n=host.count, drop_remainder=drop_remainder)[host.index]
-    return TFSource(functools.partial(_tfds_read, builder, host_split),
-                    lambda encoded: _decode(tf, encoded, cfg.channels), None)
+    return TFSource(functools.partial(_tfds_read, builder, host_split), lambda encoded: encoded,
+                    None)
 
 
 # --- folders (listed by jaxcnn.data.folders) ---------------------------------------------------
 
-def _read_image_file(tf, path, channels: int):
-    """Decodes a JPEG/PNG file; a file with neither signature fails naming it (tf.data errors
+def _read_image_file(tf, path):
+    """A JPEG/PNG file's bytes; a file with neither signature fails naming it (tf.data errors
     otherwise do not say which file). Broken files are not skipped: the splits keep their sizes."""
     contents = tf.io.read_file(path)
     signature_ok = tf.logical_or(tf.image.is_jpeg(contents),
                                  tf.strings.substr(contents, 0, 4) == b"\x89PNG")
     with tf.control_dependencies([tf.debugging.Assert(signature_ok, ["not a JPEG/PNG file:", path])]):
-        return _decode(tf, contents, channels)
+        return tf.identity(contents)
 
 
 def _folder_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:
@@ -221,7 +218,7 @@ def _folder_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool
     part = host_slice(len(paths), host, drop_remainder)
     paths, labels = paths[part], labels[part]
     return TFSource(lambda shuffle_seed=None: tf.data.Dataset.from_tensor_slices((paths, labels)),
-                    lambda path: _read_image_file(tf, path, cfg.channels), max(len(paths), 1))
+                    lambda path: _read_image_file(tf, path), max(len(paths), 1))
 
 
 def tf_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:

@@ -52,8 +52,8 @@ def _train_epoch(cfg: DataConfig, source: sources.TFSource, host: Host, epoch: i
 
     def preprocess(index, example):
         key, label = example
-        image = tf_ops.train_image(source.read(key), cfg.image_size, cfg.augment,
-                                          tf.stack([tf.constant(seed, tf.int64), index]))
+        image = tf_ops.train_image(source.load(key), cfg.image_size, cfg.augment,
+                                   tf.stack([tf.constant(seed, tf.int64), index]), cfg.channels)
         return _example(tf, cfg, image, label)
 
     examples = source.dataset(seed).shuffle(source.shuffle_buffer or cfg.shuffle_buffer, seed=seed)
@@ -65,8 +65,8 @@ def _eval_examples(cfg: DataConfig, source: sources.TFSource):
     tf = tf_ops.tf
 
     def preprocess(key, label):
-        return _example(tf, cfg, tf_ops.eval_image(source.read(key), cfg.image_size,
-                                                          cfg.augment), label)
+        image = tf_ops.decode(source.load(key), cfg.channels)
+        return _example(tf, cfg, tf_ops.eval_image(image, cfg.image_size, cfg.augment), label)
 
     return source.dataset(None).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -33,6 +33,8 @@ from jaxcnn.data import sources
 from jaxcnn.metric_writers import MetricWriter
 from jaxcnn.metrics_file import read_metrics
 
+from conftest import assert_one_line_error, steps_in
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ("--model=lenet5", "--dataset=digits", "--batch_size=32", "--eval_batch_size=64",
          "--optimizer=sgd", "--learning_rate=0.05")
@@ -70,19 +72,6 @@ def program(module, *args, max_file_bytes=None, full_disk_from_first_record=Fals
                    "--ambient-caps=+dac_read_search", *command]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def assert_one_line_error(result, expected):
-    """Exit status 1, one `error:` line containing `expected`, no traceback."""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
-
-
-def steps_in(workdir):
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
 def contents(root):

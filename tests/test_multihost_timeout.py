@@ -11,6 +11,8 @@ import pytest
 
 from jaxcnn import parallel
 
+from conftest import assert_one_line_error
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 5
 STARTUP_S = 120   # imports and the watchdog's wait, on two shared cores
@@ -37,14 +39,6 @@ def join(workdir, *flags, env=None):
 def explicitly(process_id, port):
     return (f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
             f"--process_id={process_id}")
-
-
-def assert_one_line_error(result, expected):
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr and "Check failure" not in result.stderr, \
-        result.stderr[-3000:]
-    assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("process_id, message", [

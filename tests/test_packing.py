@@ -17,6 +17,8 @@ from jaxcnn import data, optim, packing, runs, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxcnn.metrics_file import read_metrics
 
+from conftest import run_tolerances, runs_beyond_tolerance, standalone
+
 
 def config(workdir, seed=0, **optim_values) -> TrainConfig:
     base = TrainConfig(model=ModelConfig("lenet5"), data=DataConfig(batch_size=32),
@@ -45,55 +47,9 @@ def assert_trees_equal(a, b):
 # ---- a packed member against its standalone run, up to the measured noise floor ---------------
 #
 # A packed member and its standalone run are the same arithmetic in two orders (members mapped
-# with vmap, XLA's forms of some ops instead of the CPU wing's), so they agree only to float32
-# rounding grown over the run's steps, and by how much depends on the CPU (an AVX-512 Xeon and an
-# AMD EPYC differ). No fixed tolerance can tell that from a wrong batch or seed. The noise floor is
-# measured instead, on the machine running the test: the same standalone run computed a second
-# way, with cpu_kernels="off" (flax's layers and XLA's defaults instead of the wing's forms). A
-# member may differ from its standalone run by at most twice what those two do, leaf by leaf and
-# metric by metric, plus 16 float32 ulps of the values (where both ways happen to round alike);
-# each test shows that a deliberately wrong member exceeds that tolerance.
-
-ULPS = 16 * np.finfo(np.float32).eps
-
-
-def standalone(cfg: TrainConfig, tmp_path, name: str) -> dict:
-    """`cfg` trained alone in tmp_path/name/<member>: its state, test result and metric rows."""
-    cfg = dataclasses.replace(cfg, workdir=str(tmp_path / name / os.path.basename(cfg.workdir)))
-    state, result = trainer.train_and_evaluate(cfg)
-    return {"state": {"params": state.params, "batch_stats": state.batch_stats,
-                      "opt_state": state.opt_state},
-            "result": result, "rows": read_metrics(cfg.workdir)}
-
-
-def as_compared(run: dict) -> dict[str, np.ndarray]:
-    """A run as named float64 arrays: each state leaf, each metric row's loss, top-1 and top-5
-    (train and test rows, in order) and the final test top-1."""
-    arrays = {jax.tree_util.keystr(path): np.asarray(x, np.float64)
-              for path, x in jax.tree_util.tree_leaves_with_path(run["state"])}
-    arrays["metric rows"] = np.array([r[k] for r in run["rows"] for k in ("loss", "top1", "top5")])
-    arrays["test top-1"] = np.array([run["result"]["top1"]])
-    return arrays
-
-
-def tolerances(alone: dict, other_order: dict) -> dict[str, float]:
-    """Per compared array: twice the largest difference between two computations of the same
-    run, plus 16 ulps of the state's largest value (one scale for the whole state: a leaf such
-    as a conv bias before batch norm, whose gradient is zero, holds rounding noise only) or of
-    the metric's."""
-    a, b = as_compared(alone), as_compared(other_order)
-    state_scale = max(np.max(np.abs(x), initial=0.0) for x in jax.tree.leaves(alone["state"]))
-    return {name: 2 * np.max(np.abs(a[name] - b[name]), initial=0.0) + ULPS * (
-                np.max(np.abs(a[name])) if name in ("metric rows", "test top-1") else state_scale)
-            for name in a}
-
-
-def beyond_tolerance(run: dict, alone: dict, tol: dict[str, float]) -> list[str]:
-    """The arrays of `run` that differ from `alone`'s by more than their tolerance."""
-    a, b = as_compared(run), as_compared(alone)
-    assert {n: x.shape for n, x in a.items()} == {n: x.shape for n, x in b.items()}
-    return [f"{name}: {np.max(np.abs(a[name] - b[name])):.3g} > {tol[name]:.3g}" for name in a
-            if np.max(np.abs(a[name] - b[name]), initial=0.0) > tol[name]]
+# with vmap, XLA's forms of some ops instead of the CPU wing's): they are compared up to the noise
+# floor measured by the same standalone run with cpu_kernels="off" (tests/conftest.py,
+# `run_tolerances`), and each test shows that a deliberately wrong member exceeds it.
 
 
 def assert_member_equals_standalone(member: trainer.Member, tmp_path, wrong=None) -> None:
@@ -103,13 +59,14 @@ def assert_member_equals_standalone(member: trainer.Member, tmp_path, wrong=None
     assert member.failure is None and member.result["step"] == cfg.steps
     alone = standalone(cfg, tmp_path, "alone")
     options = {**cfg.model.options, "cpu_kernels": "off"}
-    tol = tolerances(alone, standalone(with_(cfg, model={"options": options}), tmp_path, "off"))
+    tol = run_tolerances(alone, standalone(with_(cfg, model={"options": options}), tmp_path, "off"))
     packed = {"state": {"params": member.state.params, "batch_stats": member.state.batch_stats,
                         "opt_state": member.state.opt_state},
               "result": member.result, "rows": read_metrics(cfg.workdir)}
-    assert not beyond_tolerance(packed, alone, tol), (cfg.workdir, beyond_tolerance(packed, alone, tol))
+    assert not runs_beyond_tolerance(packed, alone, tol), (
+        cfg.workdir, runs_beyond_tolerance(packed, alone, tol))
     if wrong is not None:   # the test's power: a member slightly wrong is told apart
-        assert beyond_tolerance(standalone(wrong, tmp_path, "wrong"), alone, tol)
+        assert runs_beyond_tolerance(standalone(wrong, tmp_path, "wrong"), alone, tol)
 
 
 def check_members_equal_standalone(configs, tmp_path, wrong: TrainConfig):

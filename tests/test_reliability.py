@@ -21,6 +21,8 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+from conftest import assert_one_line_error, run_cli as shared_run_cli, steps_in
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ("--model=lenet5", "--dataset=digits", "--batch_size=32", "--eval_batch_size=64",
          "--optimizer=sgd", "--learning_rate=0.05", "--log_every=5")
@@ -33,13 +35,9 @@ def command(*args):
     return [sys.executable, "-m", "experiments.run", *QUICK, *args]
 
 
-def run_cli(*args, env=None, max_file_bytes=None):
-    """The program to its end; with max_file_bytes, under RLIMIT_FSIZE (a full disk, no root)."""
-    limit = [] if max_file_bytes is None else [
-        sys.executable, "-c", "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, "
-        f"({max_file_bytes}, {max_file_bytes})); os.execv(sys.executable, sys.argv[1:])"]
-    return subprocess.run(limit + command(*args), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+def run_cli(*args, **kwargs):
+    """The program with QUICK's flags to its end (conftest.run_cli)."""
+    return shared_run_cli(*QUICK, *args, **kwargs)
 
 
 STARTED: list[subprocess.Popen] = []
@@ -71,14 +69,6 @@ def wait_for(condition, proc, log, what):
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"no {what} (exit {proc.poll()}):\n{open(log).read()[-3000:]}")
         time.sleep(0.02)
-
-
-def steps_in(workdir):
-    """Complete checkpoint steps in a workdir."""
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        return []
-    return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
 def unfinished_in(workdir):
@@ -113,14 +103,6 @@ def multi_process(*args, workdir, logs, port, heartbeat_timeout=20):
                       "--num_processes=2", f"--process_id={i}",
                       f"--heartbeat_timeout={heartbeat_timeout}", log=logs[i], env=env)
             for i in range(2)]
-
-
-def assert_one_line_error(result, expected):
-    """Exit status 1, one `error:` line and no traceback."""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
 
 
 # ---- preemption and crashes ----------------------------------------------------------------------

@@ -22,6 +22,8 @@ from jaxcnn import models, parallel, train, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxcnn.metrics_file import read_metrics
 
+from conftest import assert_equal_up_to_noise_floor, run_cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -82,26 +84,38 @@ def test_all_finite_is_exact_where_a_global_norm_overflows():
         assert not bool(train.all_finite({**huge, "b": jnp.ones((2, 2)).at[1, 0].set(bad)}))
 
 
+# Data parallelism and gradient accumulation are the same float32 arithmetic in other orders:
+# compared up to the noise floor measured by the 1-device step with cpu_kernels="off" (flax's
+# layers, XLA's forms), and a step with a learning rate 1% off exceeds it (tests/conftest.py).
+
+def sharded_steps(model, batch, devices, lr, grad_accum_steps=1, steps=3):
+    """`steps` train steps of `model` on `batch`, its batch split over `devices`: the parameters,
+    batch statistics, optimizer state and last metrics, on the host."""
+    mesh = Mesh(np.array(devices), ("data",))
+    replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    step = jax.jit(functools.partial(train.train_step, grad_accum_steps=grad_accum_steps),
+                   in_shardings=(replicated, data), out_shardings=(replicated, replicated))
+    state = jax.device_put(small_state(model, lr=lr), replicated)
+    for _ in range(steps):
+        state, metrics = step(state, jax.device_put(batch, data))
+    assert int(state.step) == steps
+    assert len(state.params["conv1"]["conv"]["kernel"].sharding.device_set) == len(devices)
+    return jax.device_get({"params": state.params, "batch_stats": state.batch_stats,
+                           "opt_state": state.opt_state, "metrics": metrics})
+
+
 def test_step_on_8_devices_equals_step_on_1_device():
     assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
-    model = models.create("convnet_cifar", 4, width=8, norm="batch", dropout=0.0)
+    options = dict(width=8, norm="batch", dropout=0.0)
+    model = models.create("convnet_cifar", 4, **options)
     batch = {"image": jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
              "label": jnp.arange(16) % 4}
-
-    def run(devices):
-        mesh = Mesh(np.array(devices), ("data",))
-        replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-        step = jax.jit(train.train_step, in_shardings=(replicated, data),
-                       out_shardings=(replicated, replicated))
-        state = jax.device_put(small_state(model), replicated)
-        sharded = jax.device_put(batch, data)
-        for _ in range(3):
-            state, metrics = step(state, sharded)
-        assert len(state.params["conv1"]["conv"]["kernel"].sharding.device_set) == len(devices)
-        return jax.device_get((state.params, state.batch_stats, metrics))
-
-    one, eight = run(jax.devices()[:1]), run(jax.devices())
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), one, eight)
+    one = sharded_steps(model, batch, jax.devices()[:1], lr=0.1)
+    eight = sharded_steps(model, batch, jax.devices(), lr=0.1)
+    off = sharded_steps(models.create("convnet_cifar", 4, cpu_kernels="off", **options), batch,
+                        jax.devices()[:1], lr=0.1)
+    wrong = sharded_steps(model, batch, jax.devices()[:1], lr=0.1 * 1.01)
+    assert_equal_up_to_noise_floor(eight, one, off, wrong)
 
 
 def test_accumulated_micro_batches_make_the_update_of_the_whole_batch():
@@ -109,21 +123,12 @@ def test_accumulated_micro_batches_make_the_update_of_the_whole_batch():
     model = models.create("convnet_cifar", 4, width=8, dropout=0.0)
     batch = {"image": jax.random.normal(jax.random.key(1), (32, 8, 8, 3)),
              "label": jnp.arange(32) % 4}
-
-    def run(devices, grad_accum_steps):
-        mesh = Mesh(np.array(devices), ("data",))
-        replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-        step = jax.jit(functools.partial(train.train_step, grad_accum_steps=grad_accum_steps),
-                       in_shardings=(replicated, data), out_shardings=(replicated, replicated))
-        state = jax.device_put(small_state(model, lr=0.05), replicated)
-        for _ in range(3):
-            state, metrics = step(state, jax.device_put(batch, data))
-        assert int(state.step) == 3
-        return jax.device_get((state.params, state.opt_state, metrics))
-
-    whole, accumulated = run(jax.devices()[:1], 1), run(jax.devices(), 4)
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
-                 whole, accumulated)
+    whole = sharded_steps(model, batch, jax.devices()[:1], lr=0.05)
+    accumulated = sharded_steps(model, batch, jax.devices(), lr=0.05, grad_accum_steps=4)
+    off = sharded_steps(models.create("convnet_cifar", 4, width=8, dropout=0.0, cpu_kernels="off"),
+                        batch, jax.devices()[:1], lr=0.05)
+    wrong = sharded_steps(model, batch, jax.devices()[:1], lr=0.05 * 1.01)
+    assert_equal_up_to_noise_floor(accumulated, whole, off, wrong)
 
 
 def test_batch_norm_normalises_each_micro_batch_with_its_own_statistics():
@@ -206,11 +211,6 @@ def test_vgg_dense_evaluation_from_the_training_loop(tmp_path):
         trainer.train_and_evaluate(quick_config(tmp_path / "lenet", dense_eval_size=40))
 
 
-def run_cli(*args, check=True, env=None):
-    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, check=check, timeout=300)
-
-
 def saved_state(workdir, step):
     """The arrays of a checkpoint, PRNG keys as their raw data."""
     path = os.path.join(workdir, "checkpoints", str(step), "state")
@@ -229,7 +229,7 @@ def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path, grad_acc
                   "--optimizer=nesterov", "--learning_rate=0.05", "--eval_every_epochs=0.5",
                   "--log_every=10", "--keep_checkpoints=2", "--steps=6",
                   f"--grad_accum_steps={grad_accum_steps}",
-                  f"--workdir={tmp_path / 'resumed'}")
+                  f"--workdir={tmp_path / 'resumed'}", check=True)
     assert "resumed from step 3" in out.stderr
     a, b = saved_state(tmp_path / "straight", 6), saved_state(tmp_path / "resumed", 6)
     assert a["step"] == b["step"] == 6

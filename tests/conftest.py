@@ -95,15 +95,16 @@ def run_in_process(capsys, main, *args, parse=None) -> subprocess.CompletedProce
     line ARGS, as `absl.app.run(main, flags_parser=parse)` calls it (parse: the program's flags
     parser, `experiments.cli.parse_flags` by default): its exit status (SystemExit's code, 0 if it
     returns) and what it printed, as `subprocess.run` would give them. An exception that is no
-    SystemExit propagates: the real program would have shown a traceback. The flags are reset,
-    and the signal handlers it installs (StopRequest) and pytest's faulthandler restored,
-    afterwards. For checks of what a program says; a test of the process itself (its exit
+    SystemExit propagates: the real program would have shown a traceback. The flags are reset
+    (their defaults too: a program's main may set its own), and the signal handlers it installs
+    (StopRequest) and pytest's faulthandler restored, afterwards. For checks of what a program says; a test of the process itself (its exit
     status, a signal, no traceback on stderr) starts one."""
     import faulthandler
     import signal
     from absl import flags
     from experiments import cli
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    defaults = {name: flags.FLAGS[name].default for name in flags.FLAGS}   # main may set some
     disable_faulthandler = faulthandler.disable   # cli.quiet would turn off pytest's
     faulthandler.disable = lambda: None
     capsys.readouterr()
@@ -114,6 +115,9 @@ def run_in_process(capsys, main, *args, parse=None) -> subprocess.CompletedProce
     except SystemExit as exit:
         code = exit.code
     finally:
+        for name, default in defaults.items():
+            if flags.FLAGS[name].default != default:
+                flags.FLAGS.set_default(name, default)
         flags.FLAGS.unparse_flags()
         for signum, handler in handlers.items():
             signal.signal(signum, handler)

@@ -191,7 +191,6 @@ def _tfds_split_size(builder, split: str) -> int:
 
 
 def _tfds_source(cfg: DataConfig, split: str, host: Host, drop_remainder: bool) -> TFSource:
-    tf = import_tf()
     import tensorflow_datasets as tfds
     builder = _tfds_builder(cfg)
     host_split = tfds.even_splits(split, n=host.count, drop_remainder=drop_remainder)[host.index]

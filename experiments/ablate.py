@@ -33,12 +33,10 @@ import os
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import cli, launchers, model_flags, sweep_flags, sweep_store
-from jaxcnn import checkpoint, packing, trainer
-from jaxcnn.ablation import records, report
-from jaxcnn.ablation.result import write_result
+from jaxcnn.ablation import records, report, runner
 from jaxcnn.ablation.spec import Run, Sweep
 
 flags.DEFINE_bool("list", False, "Print the runs with their index and status, and stop.")
@@ -72,80 +70,40 @@ def parse_flags(argv: list[str]) -> list[str]:
                             else a for a in argv])
 
 
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().partition("\n")[0]
-    return text if isinstance(error, cli.USER_ERRORS) else f"{type(error).__name__}: {text}"
-
-
 def train_runs(sweep: Sweep, runs: list[Run], sweep_dir: str, should_stop) -> None:
-    """Trains runs of the sweep (several: packed as one program) and records each one's result
-    or failure; the last run to finish rewrites the sweep's report."""
-    todo = []
+    """A job: trains its runs (several: packed as one program, `jaxcnn.ablation.runner`) and
+    says how each ended; exit status 1 if one failed."""
+    outcomes = runner.train_runs(sweep_dir, sweep, runs,
+                                 [sweep_flags.run_config(run, sweep_dir) for run in runs],
+                                 should_stop, FLAGS.baseline)
+    trained = {o.run.index for o in outcomes}
     for run in runs:
-        if records.read(sweep_dir, run).status == records.FINISHED:
+        if run.index not in trained:
             print(f"run {run.index} ({run.directory}) is finished: nothing to do")
-        else:
-            todo.append(run)
-    if not todo:
-        return
-    cfgs = [sweep_flags.run_config(run, sweep_dir) for run in todo]
-    writes = jax.process_index() == 0
-    for run, cfg in zip(todo, cfgs):
-        if writes:
-            records.clear_failure(sweep_dir, run)
-        logging.info("run %d of %d: %s, seed %d, in %s", run.index, len(sweep.runs()), run.config,
-                     run.seed, cfg.workdir)
-    try:
-        members = trainer.train_members(cfgs, should_stop)
-    except Exception as e:   # whatever went wrong is these runs' failure; the others go on
-        notes = ("".join(record_failure(sweep_dir, run, one_line(e)) for run in todo)
-                 if writes else "")
-        if FLAGS.debug:
-            raise
-        cli.fail(f"run {', '.join(str(r.index) for r in todo)} ({todo[0].directory}"
-                 f"{' and others' if len(todo) > 1 else ''}) failed: {one_line(e)}{notes}")
-    if any(m.result.get("preempted") for m in members):
-        print(f"run {', '.join(str(r.index) for r in todo)} stopped at step "
-              f"{members[0].result['step']} with a checkpoint: run again to resume")
+    error = next((o.error for o in outcomes if o.error is not None), None)
+    if error is not None and FLAGS.debug:
+        raise error
+    stopped = [o for o in outcomes if o.status == runner.STOPPED]
+    if stopped:
+        print(f"run {', '.join(str(o.run.index) for o in stopped)} {stopped[0].said}: run again "
+              f"to resume")
         sys.exit(should_stop.exit_status)
-    failed = []
-    for run, member in zip(todo, members):
-        if member.failure:
-            note = record_failure(sweep_dir, run, member.failure) if writes else ""
-            failed.append(f"run {run.index} ({run.directory}) failed: {member.failure}{note}")
-        elif writes:
-            result = write_result(run, member.cfg, member.state, member.result,
-                                  tuple(other.index for other in todo if other != run))
-            print(f"run {run.index} ({run.directory}): test top-1 {100 * result['top1']:.2f}%")
-    if writes and all(r.status != records.PENDING
-                      for r in records.read_records(sweep_dir, sweep)):
-        report.write(sweep_dir, sweep, FLAGS.baseline)
+    for o in outcomes:
+        if o.status == records.FINISHED:
+            print(f"run {o.run.index} ({o.run.directory}): {o.said}")
+    if jax.process_index() == 0 and all(
+            r.status != records.PENDING for r in records.read_records(sweep_dir, sweep)):
         print(f"all runs recorded: {sweep_dir}/summary.md")
+    failed = [f"run {o.run.index} ({o.run.directory}) {o.said}" for o in outcomes
+              if o.status == records.FAILED]
     if failed:
         cli.fail("; ".join(failed))
 
 
-def record_failure(sweep_dir: str, run: Run, reason: str) -> str:
-    """Writes the run's failed.json. Returns "", or where it cannot be written (a full disk, an
-    unwritable folder) a note saying so, to follow the run's reason in the line that reports it:
-    the OSError alone would hide why the run failed."""
-    try:
-        records.write_failure(sweep_dir, run, reason)
-    except OSError as e:
-        return f" (and its {records.FAILED_FILE} could not be written: {e})"
-    return ""
-
-
-def pack_runs(todo: list[Run], sweep_dir: str, size: int) -> list[tuple[Run, ...]]:
-    """The runs to launch as jobs of at most `size` runs each: runs that `jaxcnn.packing` can
-    train as one program and whose checkpoints (if any) are at one step share a job."""
-    groups: dict = {}
-    for run in todo:
-        cfg = sweep_flags.run_config(run, sweep_dir)
-        key = (packing.key(cfg), checkpoint.saved_steps(os.path.join(cfg.workdir, "checkpoints")))
-        groups.setdefault(key, []).append(run)
-    return [tuple(runs[i:i + size]) for runs in groups.values()
-            for i in range(0, len(runs), size)]
+def pack_runs(todo: list[Run], sweep_dir: str) -> list[tuple[Run, ...]]:
+    """The jobs to launch: up to --pack packable runs each (`runner.jobs`)."""
+    return runner.jobs(todo, {run.index: sweep_flags.run_config(run, sweep_dir) for run in todo},
+                       FLAGS.pack)
 
 
 def print_runs(sweep: Sweep, sweep_dir: str) -> None:
@@ -157,7 +115,7 @@ def print_runs(sweep: Sweep, sweep_dir: str) -> None:
     for r in runs:
         print(f"{r.run.index:>5}  {r.run.seed:>4}  {r.status:<8}  {r.run.config}")
     if FLAGS.pack > 1:
-        jobs = pack_runs(runs_to_launch(sweep, sweep_dir), sweep_dir, FLAGS.pack)
+        jobs = pack_runs(runs_to_launch(sweep, sweep_dir), sweep_dir)
         print(f"--pack={FLAGS.pack}: {len(jobs)} jobs for the runs to launch")
         for k, job in enumerate(jobs):
             print(f"{k:>5}  runs {','.join(str(r.index) for r in job)}")
@@ -184,7 +142,7 @@ def launch_local(sweep_dir: str, jobs: list[tuple[Run, ...]], launch, should_sto
         if status != 0 and record.status != records.FAILED:   # killed before it could say why
             how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
             reason = f"{how} without a result (log: {log})"
-            note = record_failure(sweep_dir, run, reason)
+            note = runner.record_failure(sweep_dir, run, reason)
             said = f"failed: {reason}{note}"
             if note:
                 unrecorded.append(f"run {index} ({run.directory}) {said}")
@@ -229,7 +187,7 @@ def main(argv):
             flagfile = sweep_flags.resolved_flagfile(sweep, sweep_dir)
             launch = launchers.Launch.create(sweep_dir, flagfile)
             sweep_store.save(sweep_dir, flagfile)
-            jobs = pack_runs(todo, sweep_dir, FLAGS.pack) if FLAGS.pack > 1 else [(r,) for r in todo]
+            jobs = pack_runs(todo, sweep_dir)
             if FLAGS.launcher == "slurm":
                 return submit(sweep_dir, jobs, launch)
             if not launch_local(sweep_dir, jobs, launch, should_stop):

@@ -66,7 +66,7 @@ def torch_twin(name: str, image_shape: tuple[int, int, int]) -> TorchTwin | None
     from experiments import torch_reference  # noqa: PLC0415  (torch is optional)
     import torch  # noqa: PLC0415
 
-    options = [o for o in model_flags.model_options() if o not in ("cpu_kernels", "conv_impl", "dtype")]
+    options = [o for o in model_flags.model_options() if o != "dtype"]
     device = torch_device()
     if device is None:
         print(f"no PyTorch device beside JAX's {jax.default_backend()}; timing jaxcnn only")
@@ -110,12 +110,12 @@ def main(argv):
 
 
 def run():
-    options = model_flags.model_options()
+    options, compute = model_flags.model_options(), model_flags.compute()
     dtype = jnp.dtype(FLAGS.dtype)
     model = models.create(FLAGS.model, FLAGS.num_classes, **{**options, "dtype": dtype})
     h, w, c = models.input_shape(FLAGS.model)
     image_shape = (h, w, c) if FLAGS.image_size is None else (FLAGS.image_size,) * 2 + (c,)
-    if model.cpu_kernels != "off":                         # as the training job does
+    if compute.cpu_kernels != "off":                       # as the training job does
         host_memory.reuse_freed_memory_for(image_shape[0])
     twin = torch_twin(FLAGS.model, image_shape) if FLAGS.torch else None
     rows = []
@@ -124,7 +124,7 @@ def run():
         raise ValueError(f"--pack takes positive member counts, got {','.join(FLAGS.pack)}")
     for mode, pack in [(m, 1) for m in FLAGS.modes] + [("train_step", k) for k in packs if k > 1]:
         compiled = benchmark.compile_mode(model, image_shape, FLAGS.batch_size, mode, FLAGS.seed,
-                                          input_dtype=dtype, pack=pack)
+                                          input_dtype=dtype, compute=compute, pack=pack)
         twin_step = twin and pack == 1 and twin.make_step(image_shape=image_shape, mode=mode)
         calls = [compiled.call] + ([twin_step] if twin_step else [])
         load_before, others = os.getloadavg(), machine.OtherProcesses().start()
@@ -146,10 +146,10 @@ def run():
               "num_batches": FLAGS.num_batches, "burn_in": FLAGS.burn_in,
               "device": jax.devices()[0].device_kind,
               "machine": machine.record(twin and twin.threads),
-              "compiler_options": xla_options.compiler_options(model.cpu_kernels), "params": params,
+              "compiler_options": xla_options.compiler_options(compute), "params": params,
               "torch_params": twin and twin.params, "torch_device": twin and twin.device,
               "forward_flops_per_image": forward_flops,
-              "kernels": record.record(model, image_shape)}
+              "kernels": record.record(model, image_shape, compute)}
     if FLAGS.json:
         print(json.dumps({"config": config, "results": rows}))
         return
@@ -157,7 +157,7 @@ def run():
                     if r["impl"] == "jaxcnn" and r["xla_flops"])
     host = config["machine"]
     print(table(
-        f"{FLAGS.model} {options or ''} {'x'.join(map(str, image_shape))}, batch "
+        f"{FLAGS.model} {options or ''} {'x'.join(map(str, image_shape))}, {compute}, batch "
         f"{FLAGS.batch_size}, {FLAGS.dtype}, {config['device']}, "
         f"{FLAGS.num_batches} batches after {FLAGS.burn_in} burn-in\n"
         f"{machine.describe(host, config['compiler_options'])}"

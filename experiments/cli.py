@@ -29,8 +29,7 @@ flags.DEFINE_integer("coordinator_timeout", 60, "Multi-host: seconds to wait for
 flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
 FLAGS = flags.FLAGS
 
-# OSError: a full disk, a missing permission, a missing file (messages name the path).
-USER_ERRORS = (ValueError, OSError, checkpoint.CheckpointError, trainer.NonFiniteLossError)
+USER_ERRORS = trainer.USER_ERRORS   # OSError's messages name the path
 INTERRUPTED = 128 + signal.SIGINT   # the shell's exit status of a program ended by Ctrl-C
 
 
@@ -132,10 +131,10 @@ def start(argv: list[str]) -> StopRequest:
 
 def start_jax(config: TrainConfig) -> None:
     """What a training process does before anything starts a JAX backend (tracing a model does):
-    keeps freed host memory for the next step when its images are large and its model's
+    keeps freed host memory for the next step when its images are large and its compute option
     `cpu_kernels` is not "off" (`jaxcnn.cpu.host_memory`), then joins the multi-host job the
     flags describe, after checking that they describe one."""
-    if config.model.options.get("cpu_kernels", "auto") != "off":
+    if config.compute.cpu_kernels != "off":
         host_memory.reuse_freed_memory_for(config.data.image_size)
     if FLAGS.coordinator_address is None and not FLAGS.distributed_from_env:
         if (FLAGS.num_processes or 1) > 1 or FLAGS.process_id:

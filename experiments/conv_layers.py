@@ -109,7 +109,7 @@ def time_shape(shape: ConvShape, burn_in: int, num_batches: int, with_torch: boo
              "im2col": jax_calls(shape, conv.im2col_conv_general_dilated)}
     if onednn.available():
         impls["onednn"] = jax_calls(shape, conv.onednn_conv_general_dilated)
-    impls["auto"] = jax_calls(shape, policy.conv_general_dilated("auto"))
+    impls["auto"] = jax_calls(shape, policy.conv_general_dilated)
     if with_torch:
         impls["torch"] = torch_calls(shape)
     load_before, others = os.getloadavg(), machine.OtherProcesses().start()

@@ -1,9 +1,11 @@
-"""Flags that choose a model and its ablation options, shared by every program that builds one."""
+"""Flags that choose a model and its ablation options, and how its programs compute (the compute
+options), shared by every program that builds one."""
 from __future__ import annotations
 
 from absl import flags
 
 from jaxcnn import models
+from jaxcnn.cpu.policy import Compute
 
 flags.DEFINE_string("model", "lenet5", f"One of: {', '.join(models.names())}.")
 flags.DEFINE_enum("norm", "none", ["none", "batch", "lrn"], "Normalisation in every conv block.")
@@ -20,8 +22,7 @@ flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "im2col", "onednn"],
                   "for tiny maps / 1x1 kernels; see jaxcnn.cpu.conv), xla, im2col or onednn.")
 
 FLAGS = flags.FLAGS
-MODEL_OPTION_FLAGS = ("norm", "factorize", "multi_branch", "dropout", "bn_momentum", "dtype",
-                      "cpu_kernels", "conv_impl")
+MODEL_OPTION_FLAGS = ("norm", "factorize", "multi_branch", "dropout", "bn_momentum", "dtype")
 
 
 def was_set(name: str) -> bool:
@@ -32,3 +33,8 @@ def model_options() -> dict:
     """The model options given on the command line or in a flagfile; the others keep each
     architecture's own default (e.g. vgg_cifar's batch norm, LeNet-5's zero dropout)."""
     return {name: FLAGS[name].value for name in MODEL_OPTION_FLAGS if was_set(name)}
+
+
+def compute() -> Compute:
+    """The compute options of --cpu_kernels and --conv_impl."""
+    return Compute(FLAGS.cpu_kernels, FLAGS.conv_impl)

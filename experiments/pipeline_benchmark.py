@@ -1,113 +1,173 @@
-"""Input-pipeline throughput on the real CIFAR-10 JPEG folder, next to the rate a model step
-consumes images.
+"""How fast the input pipeline feeds a device, per loader and augmentation, and how many host
+cores one device needs for a model.
 
-    python -m experiments.pipeline_benchmark [--cifar10_dir=DIR | --cifar10_tar=FILE] \\
-        [--batch_size=256] [--num_batches=40] [--models=convnet_cifar,vgg_cifar] [--json]
+    python -m experiments.pipeline_benchmark --dataset=folder:PATH | TFDS_NAME [--data_dir=DIR] \\
+        [--image_size=224] [--augments=scale_jitter,random_resized_crop] [--eval] \\
+        [--loaders=tf,resident,dali] [--models=vgg16] [--dtype=bfloat16] \\
+        [--batch_size=64] [--num_batches=20] [--json]
 
-Images/s of
-  tf.data host      the folder pipeline alone: read + decode JPEG, pad-4 crop + flip, uint8 batches;
-  tf.data → device  jaxcnn.data.train_batches: the above, transferred and normalised on device;
-  device-resident   train_batches with device_resident=True: gather + crop + flip + normalise in one
-                    jitted op per batch (after a one-off load of the split, reported separately);
-  <model> train step  `jaxcnn.benchmark`'s train_step mode: one jaxcnn.train.train_step (SGD with
-                    momentum) of the model at its design input size.
-Without --cifar10_dir the archive is extracted to a temporary directory (in /dev/shm if present).
+For each loader and augmentation: training batches of `--image_size` delivered to the devices
+(`jaxcnn.data.train_batches`, each batch waited for) in images/s, and per host core (the cores this
+process may run on). With --eval, the evaluation views too (`eval_batches`). For each model, its
+train step's rate on one device (`jaxcnn.benchmark`'s `train_step`, random images) and the host
+cores one device needs to be fed by each pipeline: step images/s over the pipeline's images/s per
+core.
+
+Loaders: `tf` (tf.data on the host: decode, augment, batch; then transferred), `resident` (the
+split decoded once into device memory, augmented there; the one-off load is reported separately)
+and `dali` (NVIDIA DALI). Nothing else runs while it measures, so close other work first: the
+1-minute load before and after is printed.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 from absl import app, flags
-from jax.sharding import NamedSharding
 
-from experiments import cli
+from experiments import cli, train_flags  # noqa: F401  (the data flags, --dtype)
 from jaxcnn import benchmark, data, models, parallel
 from jaxcnn.config import DataConfig
-from jaxcnn.data import tf_host
-from jaxcnn.data.sources import Host
 
-_TAR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10_jpg.tar.gz"
-flags.DEFINE_string("cifar10_dir", None, "extracted CIFAR-10 folder (train/<class>, test/<class>)")
-flags.DEFINE_string("cifar10_tar", str(_TAR), "archive to extract when --cifar10_dir is not set")
-flags.DEFINE_integer("batch_size", 256, "global batch size", lower_bound=1)
-flags.DEFINE_integer("num_batches", 40, "timed batches per pipeline", lower_bound=1)
+LOADERS = ("tf", "resident", "dali")
+DEFAULT_IMAGE_SIZE = 224
+flags.DEFINE_list("augments", ["scale_jitter", "random_resized_crop"],
+                  f"training augmentations to time ({', '.join(data.AUGMENTS)})")
+flags.DEFINE_bool("eval", False, "also time the evaluation views")
+flags.DEFINE_list("loaders", ["tf"], f"loaders to time ({', '.join(LOADERS)})")
+flags.DEFINE_list("models", [], "models whose train step rate is measured at --image_size")
+flags.DEFINE_integer("num_batches", 20, "timed batches per pipeline", lower_bound=1)
 flags.DEFINE_integer("model_batches", 5, "timed steps per model", lower_bound=1)
 flags.DEFINE_integer("burn_in", 3, "untimed batches first (compilation, buffers filling)",
                      lower_bound=0)
-flags.DEFINE_list("models", ["convnet_cifar", "vgg_cifar"], "models whose step rate is measured")
-flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
+flags.DEFINE_bool("json", False, "print one JSON object instead of the tables")
 FLAGS = flags.FLAGS
 
 
+def host_cores() -> int:
+    """The cores this process may run on (a SLURM or container limit counts, the machine's size
+    does not)."""
+    return len(os.sched_getaffinity(0))
+
+
 def images_per_second(batches: Iterator, num_batches: int, batch_size: int) -> float:
-    """Rate of `num_batches` batches after FLAGS.burn_in untimed ones, each waited for."""
+    """Rate of up to `num_batches` batches after FLAGS.burn_in untimed ones, each waited for."""
     for _ in range(FLAGS.burn_in):
         jax.block_until_ready(next(batches))
-    start = time.perf_counter()
-    for _ in range(num_batches):
-        jax.block_until_ready(next(batches))
-    return num_batches * batch_size / (time.perf_counter() - start)
+    start, timed = time.perf_counter(), 0
+    for batch in batches:
+        jax.block_until_ready(batch)
+        timed += 1
+        if timed == num_batches:
+            break
+    if timed == 0:
+        raise ValueError(f"the split has no batch of {batch_size} after --burn_in={FLAGS.burn_in}")
+    return timed * batch_size / (time.perf_counter() - start)
 
 
-def measure(cfg: DataConfig, sharding: NamedSharding) -> dict[str, float]:
-    rates = {"tf.data host": images_per_second(tf_host.host_train_batches(
-        cfg, Host(), cfg.batch_size), FLAGS.num_batches, cfg.batch_size)}
-    rates["tf.data → device"] = images_per_second(data.train_batches(cfg, sharding),
-                                                  FLAGS.num_batches, cfg.batch_size)
-    start = time.perf_counter()
-    resident = data.train_batches(dataclasses.replace(cfg, device_resident=True), sharding)
-    jax.block_until_ready(next(resident))
-    rates["device-resident: load + first batch (s)"] = time.perf_counter() - start
-    rates["device-resident"] = images_per_second(resident, 10 * FLAGS.num_batches, cfg.batch_size)
+def pipelines(base: DataConfig) -> Iterator[tuple[str, str, DataConfig]]:
+    """(loader, view, config) for every loader and augmentation asked for; view "eval" for the
+    evaluation views of the first augmentation (their geometry follows it)."""
+    for loader in FLAGS.loaders:
+        loaded = dataclasses.replace(base, device_resident=loader == "resident")
+        if loader == "dali":
+            loaded = dataclasses.replace(loaded, loader="dali")
+        for augment in FLAGS.augments:
+            yield loader, augment, dataclasses.replace(loaded, augment=augment)
+        if FLAGS.eval:
+            yield loader, "eval", dataclasses.replace(loaded, augment=FLAGS.augments[0])
+
+
+def measure_pipelines(base: DataConfig) -> list[dict]:
+    sharding = parallel.batch_sharding(parallel.data_mesh())
+    parallel.check_batch_size(base.batch_size, sharding.mesh)
+    rows = []
+    for loader, view, cfg in pipelines(base):
+        row = {"loader": loader, "view": view}
+        start = time.perf_counter()
+        if view == "eval":
+            batches = data.eval_batches(cfg, sharding)
+        else:
+            batches = data.train_batches(cfg, sharding)
+        if loader == "resident":     # the split's one-off load, then the batches
+            jax.block_until_ready(next(batches))
+            row["load_s"] = time.perf_counter() - start
+        row["images_per_s"] = images_per_second(batches, FLAGS.num_batches, cfg.batch_size)
+        row["per_core"] = row["images_per_s"] / host_cores()
+        rows.append(row)
+    return rows
+
+
+def measure_models(base: DataConfig, num_classes: int) -> dict[str, float]:
+    """Train-step images/s of each model on one device at the batches' shape."""
+    dtype = jnp.dtype(FLAGS.dtype)
+    shape = (base.image_size, base.image_size, base.channels)
+    rates = {}
     for name in FLAGS.models:
-        step = benchmark.compile_mode(models.create(name, num_classes=10), models.input_shape(name),
-                                      cfg.batch_size, "train_step")
+        step = benchmark.compile_mode(models.create(name, num_classes=num_classes, dtype=dtype),
+                                      shape, base.batch_size, "train_step", input_dtype=dtype)
         seconds, = benchmark.time_calls(step.call, burn_in=1, num_batches=FLAGS.model_batches)
-        rates[f"{name} train step"] = step.timing(seconds).images_per_s
+        rates[name] = step.timing(seconds).images_per_s
     return rates
 
 
-def report(rates: dict[str, float], cfg: DataConfig, load: tuple[float, float]) -> None:
-    """Prints the rates with the 1-minute load averages before / after (other processes count)."""
+def cores_needed(rows: list[dict], steps: dict[str, float]) -> dict[str, dict[str, float]]:
+    """{model: {"loader view": host cores that feed one device at the model's step rate}}."""
+    return {name: {f"{r['loader']} {r['view']}": rate / r["per_core"] for r in rows}
+            for name, rate in steps.items()}
+
+
+def report(rows: list[dict], steps: dict[str, float], base: DataConfig,
+           load: tuple[float, float]) -> None:
+    """The pipelines' table, then each model's step rate and the host cores per device it needs."""
+    needed = cores_needed(rows, steps)
     if FLAGS.json:
-        print(json.dumps({"batch_size": cfg.batch_size, "devices": jax.device_count(),
-                          "cpus": os.cpu_count(), "load_before_after": load, **rates}))
+        print(json.dumps({"dataset": base.dataset, "image_size": base.image_size,
+                          "batch_size": base.batch_size, "device": jax.devices()[0].device_kind,
+                          "devices": jax.device_count(), "host_cores": host_cores(),
+                          "load_before_after": load, "pipelines": rows, "dtype": FLAGS.dtype,
+                          "train_step_images_per_s": steps, "host_cores_per_device": needed}))
         return
-    print(f"CIFAR-10 folder, batch {cfg.batch_size}, augment {cfg.augment}, "
-          f"{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} CPUs, "
-          f"load average {load[0]:.1f} before / {load[1]:.1f} after\n")
-    print("| what | images/s |\n|---|---:|")
-    for what, value in rates.items():
-        print(f"| {what} | {value:,.1f} |" if what.endswith("(s)") else f"| {what} | {value:,.0f} |")
+    print(f"{base.dataset}, {base.image_size}x{base.image_size}, batch {base.batch_size}, "
+          f"{jax.device_count()} {jax.devices()[0].device_kind} device(s), {host_cores()} host "
+          f"cores, 1-minute load {load[0]:.1f} before / {load[1]:.1f} after\n")
+    print("| loader | view | images/s | per host core |\n|---|---|---:|---:|")
+    for row in rows:
+        load_note = f" (after a {row['load_s']:.1f} s load)" if "load_s" in row else ""
+        print(f"| {row['loader']} | {row['view']}{load_note} | {row['images_per_s']:,.0f} | "
+              f"{row['per_core']:,.0f} |")
+    for name, rate in steps.items():
+        cores = ", ".join(f"{pipeline} {n:.1f}" for pipeline, n in needed[name].items())
+        print(f"\n{name} train step ({FLAGS.dtype}): {rate:,.0f} images/s per device; host cores "
+              f"one device needs: {cores}")
 
 
 def main(argv):
     cli.check_no_arguments(argv)
     cli.quiet()
     with cli.user_errors():
-        sharding = parallel.batch_sharding(parallel.data_mesh())
-        parallel.check_batch_size(FLAGS.batch_size, sharding.mesh)
-        scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None
-        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-            root = FLAGS.cifar10_dir
-            if root is None:
-                if subprocess.run(["tar", "xzf", FLAGS.cifar10_tar, "-C", tmp]).returncode:
-                    raise ValueError(f"cannot extract --cifar10_tar={FLAGS.cifar10_tar} (tar's "
-                                     f"message above); or give --cifar10_dir")
-                root = tmp
-            cfg = DataConfig(dataset=f"folder:{root}", image_size=32, channels=3,
-                             batch_size=FLAGS.batch_size, augment="cifar")
-            load = os.getloadavg()[0]
-            rates = measure(cfg, sharding)
-            report(rates, cfg, (load, os.getloadavg()[0]))
+        unknown = sorted(set(FLAGS.loaders) - set(LOADERS))
+        if unknown or not FLAGS.loaders:
+            raise ValueError(f"--loaders: unknown {', '.join(unknown) or 'empty list'}; valid: "
+                             f"{', '.join(LOADERS)}")
+        unknown = sorted(set(FLAGS.augments) - set(data.AUGMENTS))
+        if unknown or not FLAGS.augments:
+            raise ValueError(f"--augments: unknown {', '.join(unknown) or 'empty list'}; valid: "
+                             f"{', '.join(data.AUGMENTS)}")
+        base = DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir,
+                          image_size=FLAGS.image_size or DEFAULT_IMAGE_SIZE,
+                          channels=FLAGS.channels or 3, batch_size=FLAGS.batch_size,
+                          eval_batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+        num_classes = data.dataset_info(base).num_classes
+        load = os.getloadavg()[0]
+        rows = measure_pipelines(base)
+        steps = measure_models(base, num_classes)
+        report(rows, steps, base, (load, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ from experiments import cli, model_flags, train_flags
 from jaxcnn import trainer
 from jaxcnn.metric_writers import CONSOLE_SHOWN
 
-flags.DEFINE_integer("seeds", 1, "Train seeds 0..N-1 packed as one program, each a run of its own "
-                     "in WORKDIR/seed=S/ (1: one run, seed --seed, in WORKDIR).", lower_bound=1)
 FLAGS = flags.FLAGS
 
 

@@ -10,26 +10,22 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 from absl import flags
 from absl.testing import flagsaver
 
 from experiments import cli, model_flags, train_flags
-from jaxcnn import models
-from jaxcnn.ablation import Axis, Run, Sweep
+from jaxcnn.ablation import Axis, Run, Sweep, runner
 from jaxcnn.config import TrainConfig
 
 flags.DEFINE_multi_string("axis", [], "An axis of the sweep: FLAG=V1,V2,... (any training or model "
                           "flag; separate values by ';' when they contain commas). Repeatable.")
 flags.DEFINE_enum("combine", "grid", ["grid", "zip"], "Axes as a grid (every combination) or zipped.")
-flags.DEFINE_integer("seeds", 1, "Every configuration is trained with seeds 0..N-1.", lower_bound=1)
 flags.DEFINE_string("baseline", None, "The configuration others are tested against, e.g. "
                     "factorize=2 (default: the first value of every axis).")
 FLAGS = flags.FLAGS
 
 NOT_AXES = {"workdir": "each run gets its own directory",
-            "seed": "use --seeds=N for seeds 0..N-1"}
+            "seed": "use --seeds=N for seeds 0..N-1", "seeds": "it gives the seeds of every run"}
 SWEEP_FLAGS = ("axis", "combine", "seeds", "baseline")
 
 
@@ -65,16 +61,10 @@ def run_config(run: Run, sweep_dir: str) -> TrainConfig:
 
 
 def check_configs(sweep: Sweep, sweep_dir: str) -> None:
-    """Builds every configuration's TrainConfig and model (shapes only) so that a bad value or
-    contradicting flags stop the sweep with one line before anything trains."""
-    for run in sweep.runs()[:len(sweep.configs())]:   # seed-major: the first seed of each
-        cfg = run_config(run, sweep_dir)
-        try:
-            model = models.create(cfg.model.name, 10, **cfg.model.options)
-            image = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, cfg.data.channels))
-            jax.eval_shape(model.init, jax.random.key(0), image)
-        except (ValueError, TypeError, IndexError) as e:
-            raise ValueError(f"configuration {run.config}: {e}") from None
+    """Every configuration's TrainConfig and model (shapes only): a bad value or contradicting
+    flags stop the sweep with one line before anything trains."""
+    first_seed = sweep.runs()[:len(sweep.configs())]    # seed-major
+    runner.check_models((run.config, run_config(run, sweep_dir)) for run in first_seed)
 
 
 def axis_text(axis: Axis) -> str:

@@ -9,7 +9,7 @@ from absl import flags
 
 from experiments import model_flags
 from jaxcnn import models
-from jaxcnn.data import sources
+from jaxcnn.data import dali, sources
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 
 # Data.
@@ -26,11 +26,17 @@ flags.DEFINE_bool("device_resident", False, "Keep the dataset on the accelerator
                   "folder datasets are then decoded with Pillow (no TensorFlow) and cached.")
 flags.DEFINE_string("cache_dir", "~/.cache/jaxcnn", "Where device-resident folder datasets keep "
                     "their decoded splits.")
+flags.DEFINE_enum("loader", "tf", ["tf", "dali"], "What streams the data: tf (tf.data on the host's "
+                  "cores) or dali (NVIDIA DALI, folder:PATH datasets only, decoding on the GPUs "
+                  f"where there are; pip install {dali.PACKAGE}).")
 
 # Length and bookkeeping.
 flags.DEFINE_float("epochs", 12, "Training epochs (ignored when --steps > 0).")
 flags.DEFINE_integer("steps", 0, "Training steps; overrides --epochs.")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, dropout and data order.")
+flags.DEFINE_integer("seeds", 1, "Seeds 0..N-1: `run` trains them packed as one program, each a "
+                     "run of its own in WORKDIR/seed=S/ (1: one run, seed --seed, in WORKDIR); "
+                     "`ablate` trains every configuration with each.", lower_bound=1)
 flags.DEFINE_string("workdir", "runs/quickstart", "Checkpoints, metrics, TensorBoard logs, figure.")
 flags.DEFINE_integer("log_every", 50, "Steps between train-metric fetches (the only host syncs).")
 flags.DEFINE_float("eval_every_epochs", 1.0, "Epochs between evaluations (and checkpoints).")
@@ -129,7 +135,10 @@ def config_from_flags() -> TrainConfig:
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=FLAGS.image_size or height,
         channels=FLAGS.channels or channels, batch_size=FLAGS.batch_size,
         eval_batch_size=FLAGS.eval_batch_size, augment=FLAGS.augment,
-        device_resident=FLAGS.device_resident, cache_dir=FLAGS.cache_dir, seed=FLAGS.seed)
+        device_resident=FLAGS.device_resident, loader=FLAGS.loader, cache_dir=FLAGS.cache_dir,
+        seed=FLAGS.seed)
+    if data.loader == "dali":
+        dali.check(data)
     optim = OptimConfig(
         optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
         l2=FLAGS.l2, weight_decay=FLAGS.weight_decay, schedule=FLAGS.schedule,
@@ -140,7 +149,8 @@ def config_from_flags() -> TrainConfig:
         grad_clip_norm=FLAGS.grad_clip_norm, label_smoothing=FLAGS.label_smoothing,
         grad_accum_steps=FLAGS.grad_accum_steps)
     return TrainConfig(
-        model=model, data=data, optim=optim, workdir=FLAGS.workdir, epochs=FLAGS.epochs,
+        model=model, data=data, optim=optim, compute=model_flags.compute(),
+        workdir=FLAGS.workdir, epochs=FLAGS.epochs,
         steps=FLAGS.steps, seed=FLAGS.seed, log_every=FLAGS.log_every,
         eval_every_epochs=FLAGS.eval_every_epochs, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, nan_policy=FLAGS.nan_policy,

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import optim, packing, train
-from jaxcnn.cpu import xla_options
+from jaxcnn import optim, packing, programs, train
+from jaxcnn.cpu.policy import Compute
 from jaxcnn.config import DataConfig, OptimConfig, TrainConfig
 from jaxcnn.models.summary import analytic_macs
 
@@ -125,17 +125,13 @@ def time_calls(*calls: Callable[[], Any], burn_in: int, num_batches: int) -> lis
     return [np.asarray(seconds) for seconds in durations]
 
 
-def compile_step(fn: Callable, args: tuple, compiler_options: dict | None = None,
+def compile_step(fn: Callable, args: tuple, compute: Compute = Compute(),
                  donate_argnums: tuple[int, ...] = ()) -> tuple[Callable, float, float | None]:
-    """`fn` jitted and compiled for `args`: (compiled, trace+lower+compile seconds, XLA FLOPs).
-
-    compiler_options: XLA's; None means the CPU wing's choice (`jaxcnn.cpu.xla_options`), {} XLA's
-    own defaults. donate_argnums: as `jax.jit`'s (the trainer donates the train state)."""
-    if compiler_options is None:
-        compiler_options = xla_options.compiler_options()
+    """`fn` jitted under `compute` (`jaxcnn.programs.jit`) and compiled for `args`: (compiled,
+    trace+lower+compile seconds, XLA FLOPs). donate_argnums: as `jax.jit`'s (the trainer donates
+    the train state)."""
     start = time.perf_counter()
-    compiled = jax.jit(fn, compiler_options=compiler_options,
-                       donate_argnums=donate_argnums).lower(*args).compile()
+    compiled = programs.jit(fn, compute, donate_argnums=donate_argnums).lower(*args).compile()
     seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):     # older jaxlibs: one dict per computation
@@ -189,11 +185,10 @@ class CompiledMode:
 
 
 def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int, mode: str,
-                 seed: int = 0, input_dtype=jnp.float32, compiler_options: dict | None = None,
+                 seed: int = 0, input_dtype=jnp.float32, compute: Compute = Compute(),
                  pack: int = 1) -> CompiledMode:
-    """`mode` of `model` compiled for random (batch_size, *image_shape) images made on the device
-    (`compiler_options`: see `compile_step`; None: the one for the model's `cpu_kernels`);
-    pack=K: K packed members' train step, each member on its own batch."""
+    """`mode` of `model` compiled under `compute` for random (batch_size, *image_shape) images made
+    on the device; pack=K: K packed members' train step, each member on its own batch."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if pack > 1 and mode != "train_step":
@@ -205,12 +200,10 @@ def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size
     if mode == "train_step":
         fn, args = train_step_and_args(model, images, seed, pack)
     else:
-        variables = jax.jit(model.init)(init_key, images[:1])
+        variables = programs.jit(model.init, compute)(init_key, images[:1])
         fn, args = (forward if mode == "forward" else forward_backward)(model), (variables, images)
     donate = (0,) if mode == "train_step" else ()      # the state, as the trainer does
-    if compiler_options is None:
-        compiler_options = xla_options.compiler_options(getattr(model, "cpu_kernels", "auto"))
-    compiled, compile_s, xla_flops = compile_step(fn, args, compiler_options, donate)
+    compiled, compile_s, xla_flops = compile_step(fn, args, compute, donate)
 
     def call():
         nonlocal args
@@ -229,11 +222,12 @@ def compile_mode(model: nn.Module, image_shape: tuple[int, int, int], batch_size
 
 def run(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int,
         modes=("forward", "forward_backward"), burn_in: int = 10, num_batches: int = 100,
-        seed: int = 0, input_dtype=jnp.float32) -> list[Timing]:
-    """Times `modes` of `model` on random (batch_size, *image_shape) images, one `Timing` each."""
+        seed: int = 0, input_dtype=jnp.float32, compute: Compute = Compute()) -> list[Timing]:
+    """Times `modes` of `model` on random (batch_size, *image_shape) images, compiled under
+    `compute`, one `Timing` each."""
     results = []
     for mode in modes:
-        compiled = compile_mode(model, image_shape, batch_size, mode, seed, input_dtype)
+        compiled = compile_mode(model, image_shape, batch_size, mode, seed, input_dtype, compute)
         seconds, = time_calls(compiled.call, burn_in=burn_in, num_batches=num_batches)
         results.append(compiled.timing(seconds))
     return results

@@ -75,9 +75,31 @@ def reading(what: str):
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     """The JSON meta of checkpoint `step` (model, options, input shape, class names, array
-    checksums); `Unreadable` when its file is damaged."""
+    checksums), as this version writes it (`current_meta`); `Unreadable` when its file is
+    damaged."""
     with reading("meta"):
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return current_meta(meta)
+
+
+# Written before 2026-12, a checkpoint's meta lists the compute options (now the config's
+# `compute`, `jaxcnn.cpu.policy.Compute`) among its model options, and so does its config.
+COMPUTE_OPTIONS = ("cpu_kernels", "conv_impl")
+
+
+def current_meta(meta: dict) -> dict:
+    """`meta` with any compute options moved out of its model options into its config's
+    `compute`: older checkpoints load and resume as new ones."""
+    options = meta.get("model_options", {})
+    compute = {k: v for k, v in options.items() if k in COMPUTE_OPTIONS}
+    if not compute:
+        return meta
+    meta = {**meta, "model_options": {k: v for k, v in options.items() if k not in compute}}
+    if "config" in meta:
+        config = meta["config"]
+        meta["config"] = {**config, "compute": compute,
+                          "model": {**config["model"], "options": meta["model_options"]}}
+    return meta
 
 
 def _is_storage_error(error: Exception) -> bool:
@@ -113,19 +135,6 @@ def _checksums(state: Any) -> list[jax.Array]:
         weights = 2 * jnp.arange(x.size, dtype=jnp.uint32) + 1
         return jnp.sum(words.ravel().astype(jnp.uint32) * weights, dtype=jnp.uint32)
     return [checksum(x) for x in jax.tree.leaves(state)]
-
-
-# Model options that choose how the model is computed (same variables, same results to float32
-# rounding): a run may resume under others, e.g. a CPU run on a GPU node or with --cpu_kernels=off.
-COMPUTE_OPTIONS = ("cpu_kernels", "conv_impl")
-
-
-def _model_identity(meta: dict, key: str):
-    """`meta[key]`, with the compute options left out of the model options."""
-    value = meta.get(key)
-    if key == "model_options" and isinstance(value, dict):
-        value = {k: v for k, v in value.items() if k not in COMPUTE_OPTIONS}
-    return value
 
 
 def _arrays(state: Any) -> dict[str, list]:
@@ -181,8 +190,10 @@ class Checkpointer:
     def _restore(self, abstract_state: Any, step: int) -> Any:
         where = f"checkpoint {os.path.join(self.directory, str(step))}"
         saved = read_meta(self.manager, step)
+        # The compute options are not compared: a run may resume under others, e.g. a CPU run
+        # on a GPU node or with --cpu_kernels=off (same variables, same results to rounding).
         for key in ("model", "model_options", "num_classes"):
-            if _model_identity(saved, key) != _model_identity(self.meta, key):
+            if saved.get(key) != self.meta.get(key):
                 raise CheckpointError(f"{where} was written for {key}={saved.get(key)!r}, this run "
                                       f"has {key}={self.meta.get(key)!r}; use another --workdir")
         expected = _arrays(abstract_state)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxcnn.cpu.policy import Compute
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -21,6 +23,7 @@ class DataConfig:
     eval_batch_size: int = 256       # global
     augment: str = "none"            # none | cifar | random_resized_crop | scale_jitter
     device_resident: bool = False    # keep the split on the accelerator, augment with jitted ops
+    loader: str = "tf"               # streamed: tf (tf.data) | dali (NVIDIA DALI, folders only)
     cache_dir: str = "~/.cache/jaxcnn"   # device-resident folder datasets: decoded splits
     shuffle_buffer: int = 10_000
     prefetch: int = 2
@@ -51,6 +54,7 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    compute: Compute = dataclasses.field(default_factory=Compute)   # how, not what: not the model's
     workdir: str = "runs/quickstart"
     epochs: float = 10.0
     steps: int = 0                   # overrides epochs when > 0

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import data, parallel, runs
+from jaxcnn import data, parallel, programs, runs
 from jaxcnn.data.device import normalize
 from jaxcnn.data.pil_ops import read_image  # noqa: F401  (part of this module's API)
 from jaxcnn.data.sources import normalization
@@ -35,8 +35,9 @@ class Predictor:
     @functools.cached_property
     def _probabilities(self):
         mean, std = normalization(self.run.config.data)
-        return jax.jit(lambda variables, images: jax.nn.softmax(
-            self.run.model.apply(variables, normalize(images, mean, std))))
+        return programs.jit(lambda variables, images: jax.nn.softmax(
+            self.run.model.apply(variables, normalize(images, mean, std))),
+            self.run.config.compute)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [n, *input_shape] images -> float32 [n, num_classes] class probabilities."""
@@ -57,7 +58,8 @@ class Predictions(NamedTuple):
 def predict_test_split(run: runs.Run) -> Predictions:
     """The model's class probabilities for every test example, in the evaluation pipeline's
     order."""
-    apply = jax.jit(lambda variables, images: jax.nn.softmax(run.model.apply(variables, images)))
+    apply = programs.jit(lambda variables, images: jax.nn.softmax(
+        run.model.apply(variables, images)), run.config.compute)
     mesh = parallel.data_mesh()
     variables = jax.device_put(run.variables, parallel.replicated(mesh))
     parts = []

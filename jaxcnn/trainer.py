@@ -19,8 +19,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxcnn import checkpoint, data, models, optim, packing, parallel, train
-from jaxcnn.cpu import record, xla_options
+from jaxcnn import checkpoint, data, models, optim, packing, parallel, programs, train
+from jaxcnn.cpu import record
 from jaxcnn.models import vgg
 from jaxcnn.config import DataConfig, TrainConfig
 from jaxcnn.metric_writers import MetricWriter
@@ -31,6 +31,11 @@ NAN_POLICIES = ("stop", "skip")
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+# Failures the user can act on, reported by their message alone (a bad setting, missing or
+# unreadable data, a full disk, an unusable checkpoint, a diverged run); others name their type.
+USER_ERRORS = (ValueError, OSError, checkpoint.CheckpointError, NonFiniteLossError)
 
 
 def merge_metrics(total: dict, new: dict) -> dict:
@@ -206,13 +211,14 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
                                          sched.total_steps)
     tx = optim.create_optimizer(cfg.optim, lr_fn, sched.steps_per_epoch)
 
-    kernel_record = record.record(model, input_shape)   # into every checkpoint's meta
+    kernel_record = record.record(model, input_shape, cfg.compute)   # into every checkpoint's meta
     # --- Shard: the state is created replicated on every device by one jitted init (mapped over
     # the members' seeds: each member's state is its standalone run's).
     init = functools.partial(train.create_train_state, model=model, input_shape=input_shape,
                              tx=tx, lr_fn=lr_fn)
     keys = jnp.stack([jax.random.key(c.seed) for c in configs]) if packed else jax.random.key(cfg.seed)
-    state = jax.jit(jax.vmap(init) if packed else init, out_shardings=replicated)(keys)
+    state = programs.jit(jax.vmap(init) if packed else init, cfg.compute,
+                         out_shardings=replicated)(keys)
 
     with contextlib.ExitStack() as stack:
         # --- Checkpoint: each member resumes from the latest checkpoint in its workdir.
@@ -240,13 +246,12 @@ def train_members(configs: list[TrainConfig], should_stop: Callable[[], bool] = 
             step_fn = functools.partial(train.train_step, label_smoothing=cfg.optim.label_smoothing,
                                         grad_accum_steps=cfg.optim.grad_accum_steps)
             batch_sharding, eval_fn = data_sharding, train.eval_step
-        train_step = jax.jit(step_fn, in_shardings=(replicated, batch_sharding) +
-                             (replicated,) * (2 * packed),
-                             out_shardings=(replicated,) * (2 + packed), donate_argnums=0,
-                             compiler_options=xla_options.compiler_options(model.cpu_kernels))
-        eval_step = jax.jit(functools.partial(eval_fn, logits_fn=logits_fn),
-                            in_shardings=(replicated, data_sharding), out_shardings=replicated,
-                            compiler_options=xla_options.compiler_options(model.cpu_kernels))
+        train_step = programs.jit(step_fn, cfg.compute, in_shardings=(replicated, batch_sharding)
+                                  + (replicated,) * (2 * packed),
+                                  out_shardings=(replicated,) * (2 + packed), donate_argnums=0)
+        eval_step = programs.jit(functools.partial(eval_fn, logits_fn=logits_fn), cfg.compute,
+                                 in_shardings=(replicated, data_sharding),
+                                 out_shardings=replicated)
         merge = jax.jit(merge_metrics, donate_argnums=0)
 
         batches = data.train_batches(cfg.data, data_sharding, start_step=start_step,

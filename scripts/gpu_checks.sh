@@ -9,6 +9,11 @@
 #       $WORK); then scripts/conv_tricks_speed.sh on the GPU (stage tricks);
 #   1b. packed runs first (issue #25): the train step of lenet5, convnet_cifar and vgg_cifar at
 #       K = 1, 2, 4, 8, 16, 32 packed members, float32 and bfloat16 (`--pack`), to bench.jsonl;
+#   1c. the DALI loader (issue #34), where NVIDIA DALI is installed: its images/s decoding on the
+#       GPU (`device="mixed"`) per augmentation and for evaluation, beside vgg16's train step at
+#       the same size (experiments.pipeline_benchmark --loaders=dali, to dali.jsonl), on
+#       $DALI_FOLDER (default: the CIFAR-10 folder, whose 32x32 JPEGs time the resizes more than
+#       the decoding: name a folder of ImageNet-size JPEGs for that);
 #   2. the quick start under that JAX;
 #   3. `experiments.benchmark` of vgg16 (batch 256, bfloat16 and float32) beside PyTorch on the GPU;
 #   4. vgg16_cifar10_paddle.flags on the real CIFAR-10 folder, --device_resident, to completion
@@ -29,7 +34,9 @@ PADDLE_ARGS=${PADDLE_ARGS:-}
 RESERVE_S=${RESERVE_S:-100}          # kept for the benchmarks after the CIFAR-10 run
 SWEEP_ARGS=${SWEEP_ARGS:-}          # appended to every sweep (e.g. --epochs=0.05 for a smoke test)
 SWEEPS=${SWEEPS:-conv_factorization normalization multi_branch}
-STAGES=${STAGES:-sweeps,tricks,pack,quickstart,bench,paddle}
+STAGES=${STAGES:-sweeps,tricks,pack,dali,quickstart,bench,paddle}
+DALI_FOLDER=${DALI_FOLDER:-}        # default: the CIFAR-10 folder
+DALI_ARGS=${DALI_ARGS:-}            # appended to the DALI benchmark (e.g. --batch_size=16 on a CPU)
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/jaxcnn_gpu}
 export PYTHONUNBUFFERED=1
@@ -97,6 +104,22 @@ if want pack; then   # what packing gains on a GPU
         >> "$OUT/pack.jsonl" 2>> "$OUT/pack.log" || say "packed benchmark $1 $dtype failed ($?)"
     done
   done
+fi
+
+if want dali; then
+  if "$PYTHON" -c "import nvidia.dali" 2> /dev/null; then
+    [[ -n "$DALI_FOLDER" ]] || { cifar10; DALI_FOLDER="$WORK/cifar10"; }
+    say "DALI loader on $DALI_FOLDER beside vgg16's train step"
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 timeout 240 "$PYTHON" -m experiments.pipeline_benchmark \
+      --dataset="folder:$DALI_FOLDER" --cache_dir="$WORK/cache" --image_size=224 \
+      --augments=random_resized_crop,scale_jitter --eval --loaders=dali --models=vgg16 \
+      --dtype=bfloat16 --batch_size=256 --num_batches=20 --json $DALI_ARGS \
+      >> "$OUT/dali.jsonl" 2> "$OUT/dali.log"
+    say "DALI benchmark exit status $?"
+  else
+    say "skipped dali: NVIDIA DALI is not installed for $PYTHON (pip install nvidia-dali-cuda130," \
+      "or nvidia-dali-cuda120 for CUDA 12)"
+  fi
 fi
 
 if want quickstart; then

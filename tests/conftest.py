@@ -151,7 +151,7 @@ def steps_in(workdir):
 # grown over a run's steps, and by how much depends on the CPU (an AVX-512 Xeon and an AMD EPYC
 # differ). No fixed tolerance tells that from a wrong batch or seed. The noise floor is measured
 # instead, on the machine running the test: the reference computed a second way (typically with
-# model option cpu_kernels="off": flax's layers and XLA's defaults instead of the CPU wing's
+# compute option cpu_kernels="off": flax's layers and XLA's defaults instead of the CPU wing's
 # forms, or in float64). A result may differ from the reference by at most twice what those two
 # do, array by array, plus 16 float32 ulps of the array's scale (where both ways happen to round
 # alike); each test also shows that a deliberately wrong variant exceeds that tolerance.
@@ -252,3 +252,15 @@ def assert_equal_up_to_noise_floor(got: dict, reference: dict, other_order: dict
     if wrong is not None:
         assert beyond_tolerance(named(wrong), named(reference), tol), \
             "the deliberately wrong variant is within the tolerance: the comparison has no power"
+
+
+def take(iterator, n: int) -> list:
+    """The next n items (batches) of an iterator."""
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_same_batches(a, b) -> None:
+    """Two sequences of {"image", "label"} batches are equal, batch for batch."""
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])

@@ -18,6 +18,7 @@ from absl import flags
 from experiments import ablate as _ablate, launchers, model_flags, sweep_flags, sweep_store  # noqa: F401
 from jaxcnn import checkpoint, trainer
 from jaxcnn.ablation import Sweep, Axis, records
+from jaxcnn.cpu.policy import Compute
 from jaxcnn.runs import load as load_run
 
 from conftest import run_in_process, run_tolerances, runs_beyond_tolerance, standalone
@@ -99,11 +100,8 @@ def finished_run(workdir, run_dir) -> dict:
     return {"state": run.variables, "rows": run.rows, "result": result(workdir, run_dir)}
 
 
-def trained_here(cfg, tmp_path, name, **options) -> dict:
-    """`cfg` trained in this process (its model options changed by `options`), as `finished_run`
-    gives a run."""
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, options={**cfg.model.options, **options}))
+def trained_here(cfg, tmp_path, name) -> dict:
+    """`cfg` trained in this process, as `finished_run` gives a run."""
     run = standalone(cfg, tmp_path, name)
     return {**run, "state": {k: run["state"][k] for k in ("params", "batch_stats")}}
 
@@ -112,7 +110,8 @@ def assert_runs_equal_up_to_noise_floor(got, alone, cfg, tmp_path, wrong=None):
     """Sweep run `got` equals `alone`, the same run made another way, up to the noise floor that
     `cfg` (the run's config) trained here with cpu_kernels="off" measures against `alone`; `wrong`
     (a config a little off), where given, exceeds it (tests/conftest.py)."""
-    tol = run_tolerances(alone, trained_here(cfg, tmp_path, "off", cpu_kernels="off"))
+    off = dataclasses.replace(cfg, compute=Compute(cpu_kernels="off"))
+    tol = run_tolerances(alone, trained_here(off, tmp_path, "off"))
     assert not runs_beyond_tolerance(got, alone, tol), runs_beyond_tolerance(got, alone, tol)
     if wrong is not None:
         assert runs_beyond_tolerance(trained_here(wrong, tmp_path, "wrong"), alone, tol)

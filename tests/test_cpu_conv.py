@@ -1,6 +1,6 @@
 """The im2col, single-channel and col2im-gradient convolutions (`jaxcnn.cpu.conv`) equal
 `lax.conv_general_dilated` (values and gradients, to 1e-5); the "auto" choice and the `conv_impl`
-model option (the oneDNN form: tests/test_cpu_onednn.py)."""
+compute option (the oneDNN form: tests/test_cpu_onednn.py)."""
 import functools
 
 import jax
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn import models
+from jaxcnn import models, programs
 from jaxcnn.cpu import conv as conv_forms
 from jaxcnn.cpu import onednn
+from jaxcnn.cpu.policy import Compute
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 CASES = {  # x shape, kernel shape (in the layout's order), strides, padding, groups, layout
@@ -127,17 +128,16 @@ def test_single_channel_and_col2im_grad_equal_xla_with_gradients(conv, case):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_impl_option_gives_the_same_model():
+def test_conv_impl_option_gives_the_same_results():
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))   # conv 2 sees 2×2 maps: "auto" → im2col
-    outputs = []
-    for impl in ("xla", "im2col", "auto") + ("onednn",) * onednn.available():
-        model = models.create("convnet_cifar", 5, conv_impl=impl, width=8)
-        variables = jax.jit(model.init)(jax.random.key(0), x)
-        outputs.append(jax.jit(model.apply)(variables, x))
+    model = models.create("convnet_cifar", 5, width=8)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    outputs = [programs.jit(model.apply, Compute(conv_impl=impl))(variables, x)
+               for impl in ("xla", "im2col", "auto") + ("onednn",) * onednn.available()]
     for out in outputs[1:]:
         np.testing.assert_allclose(out, outputs[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown conv_impl 'winograd'"):
-        models.create("convnet_cifar", 5, conv_impl="winograd")
+        Compute(conv_impl="winograd")
 
 
 @pytest.mark.parametrize("with_onednn, forms", [
@@ -152,11 +152,11 @@ def test_auto_gives_xlas_gradients_on_lenet5(monkeypatch, with_onednn, forms):
     monkeypatch.setattr(onednn, "dtypes", lambda: (jnp.float32,) * with_onednn)
     x = jax.random.normal(jax.random.key(1), (3, 32, 32, 1))
     grads = []
+    model = models.create("lenet5", 10)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    loss = lambda params: jnp.sum(model.apply({"params": params}, x) ** 2)
     for impl in ("xla", "auto"):
-        model = models.create("lenet5", 10, conv_impl=impl)
-        variables = jax.jit(model.init)(jax.random.key(0), x)
-        loss = lambda params: jnp.sum(model.apply({"params": params}, x) ** 2)
-        grads.append(jax.jit(jax.grad(loss))(variables["params"]))
+        grads.append(programs.jit(jax.grad(loss), Compute(conv_impl=impl))(variables["params"]))
     assert [conv_forms.auto_choice((3, *shape), (5, 5, shape[-1], 8), (1, 1), "VALID", NHWC)
             for shape in ((32, 32, 1), (14, 14, 6), (5, 5, 16))] == forms
     jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5),

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn import models
+from jaxcnn import models, programs
 from jaxcnn.cpu import conv, onednn
 from jaxcnn.cpu.onednn import build, ffi
+from jaxcnn.cpu.policy import Compute
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 needs_onednn = pytest.mark.skipif(not onednn.available(),
@@ -102,10 +103,10 @@ def test_a_model_trains_with_onednn_as_with_xla():
     x = jax.random.normal(jax.random.key(1), (4, 12, 12, 3))
     grads = []
     for impl in ("xla", "onednn"):
-        model = models.create("convnet_cifar", 5, conv_impl=impl, width=8)
+        model = models.create("convnet_cifar", 5, width=8)
         variables = jax.jit(model.init)(jax.random.key(0), x)
         loss = lambda params: jnp.sum(model.apply({"params": params}, x) ** 2)
-        grads.append(jax.jit(jax.grad(loss))(variables["params"]))
+        grads.append(programs.jit(jax.grad(loss), Compute(conv_impl=impl))(variables["params"]))
     jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5),
                  grads[1], grads[0])
 

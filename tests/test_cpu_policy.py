@@ -1,6 +1,8 @@
 """The CPU wing behind one switch (`jaxcnn.cpu.policy`): a train step exported for CUDA on this CPU
-host holds none of the wing's custom calls; with `cpu_kernels="off"` a model is flax's own layers
-(no custom VJP in its program); "auto" and "off" give the same outputs and gradients on CPU."""
+host holds none of the wing's custom calls; compiled with `cpu_kernels="off"` a model is flax's own
+layers (no custom VJP in its program); "auto" and "off" give the same outputs and gradients on CPU;
+the compute options are where a program is compiled (`jaxcnn.programs.jit`), not in the model."""
+import dataclasses
 import re
 
 import flax.linen as nn
@@ -10,9 +12,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import models, train
+from jaxcnn import models, programs, train
 from jaxcnn.cpu import layers as cpu_layers
-from jaxcnn.cpu import onednn
+from jaxcnn.cpu import onednn, policy
+from jaxcnn.cpu.policy import Compute
 
 from conftest import assert_equal_up_to_noise_floor
 
@@ -32,11 +35,12 @@ def one_device(monkeypatch):
 
 def _train_step_and_args(name, cpu_kernels, batch=2):
     options, shape = SMALL[name]
-    model = models.create(name, 10, cpu_kernels=cpu_kernels, **options)
+    model = models.create(name, 10, **options)
     state = train.create_train_state(jax.random.key(0), model, shape, optax.sgd(0.1, 0.9),
                                      lambda step: 0.1)
     images = jax.random.normal(jax.random.key(1), (batch, *shape))
-    return jax.jit(train.train_step), (state, {"image": images, "label": jnp.arange(batch) % 10})
+    return (programs.jit(train.train_step, Compute(cpu_kernels)),
+            (state, {"image": images, "label": jnp.arange(batch) % 10}))
 
 
 def _custom_calls(stablehlo: str) -> set[str]:
@@ -72,8 +76,8 @@ def test_off_is_flaxs_own_layers_with_no_custom_gradient_in_the_program():
             seen.add(type(context.module))
             return next_fun(*args, **kwargs)
 
-        model = models.create("convnet_cifar", 10, cpu_kernels=cpu_kernels, width=8, norm="batch")
-        with nn.intercept_methods(note):
+        model = models.create("convnet_cifar", 10, width=8, norm="batch")
+        with policy.using(Compute(cpu_kernels)), nn.intercept_methods(note):
             jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 12, 12, 3)))
         return seen
 
@@ -88,8 +92,9 @@ def _outputs_and_gradients(name, cpu_kernels, x, cotangent, float64=False):
     the logits exactly, in float32 and float64 alike). With float64, the same parameters and
     inputs computed in float64 (flax's layers only)."""
     options, _ = SMALL[name]
-    model = models.create(name, 10, cpu_kernels=cpu_kernels, dropout=0.0, **options)
-    variables = jax.jit(model.init)(jax.random.key(0), x[:1])
+    model = models.create(name, 10, dropout=0.0, **options)
+    kernels = Compute(cpu_kernels)
+    variables = programs.jit(model.init, kernels)(jax.random.key(0), x[:1])
 
     def compute(model, variables, x):
         def loss(params):
@@ -97,14 +102,14 @@ def _outputs_and_gradients(name, cpu_kernels, x, cotangent, float64=False):
                                           mutable=["batch_stats"])
             return jnp.sum(logits * cotangent), (logits, updates)
 
-        grads, (logits, updates) = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+        grads, (logits, updates) = programs.jit(jax.grad(loss, has_aux=True), kernels)(
+            variables["params"])
         return jax.device_get({"logits": logits, "batch_stats": updates, "grads": grads})
 
     if not float64:
         return variables, compute(model, variables, x)
     with jax.enable_x64(True):
-        model = models.create(name, 10, cpu_kernels=cpu_kernels, dropout=0.0, dtype=jnp.float64,
-                              **options)
+        model = models.create(name, 10, dropout=0.0, dtype=jnp.float64, **options)
         as64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
         return variables, compute(model, as64(variables), as64(x))
 
@@ -132,7 +137,34 @@ def test_auto_and_off_give_the_same_outputs_and_gradients_on_cpu(name, one_devic
 
 def test_one_clear_error_for_an_unknown_or_contradictory_choice():
     with pytest.raises(ValueError, match="unknown cpu_kernels 'fast'; valid: auto, off"):
-        models.create("lenet5", 10, cpu_kernels="fast")
+        Compute(cpu_kernels="fast")
+    with pytest.raises(ValueError, match="unknown conv_impl 'winograd'"):
+        Compute(conv_impl="winograd")
     with pytest.raises(ValueError, match="conv_impl=im2col is a CPU kernel form: it needs "
                                          "cpu_kernels=auto"):
-        models.create("lenet5", 10, cpu_kernels="off", conv_impl="im2col")
+        Compute(cpu_kernels="off", conv_impl="im2col")
+
+
+def test_a_model_is_its_architecture_and_the_compute_options_are_where_it_is_compiled():
+    """No model has compute options, and `programs.jit` applies both of them: the ops' forms
+    while the program is traced (here: im2col's matmuls instead of XLA's convolutions) and the
+    compiler options (no YNNPACK fusion of the FC head where the wing is offered)."""
+    assert "cpu_kernels" not in {f.name for f in dataclasses.fields(models.ConvNet)}
+    with pytest.raises(ValueError, match="lenet5 has no option cpu_kernels"):
+        models.create("lenet5", 10, cpu_kernels="off")
+    model = models.create("vgg11", 5, cfg=(4, "M", 8, "M"), head=(16,), pool_to=(2, 2))
+    x = jnp.ones((2, 8, 8, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+
+    def lowered(compute):
+        return programs.jit(model.apply, compute).lower(variables, x)
+
+    def count(text, pattern):
+        return len(re.findall(pattern, text))
+
+    off, im2col = lowered(Compute("off")), lowered(Compute(conv_impl="im2col"))
+    assert count(off.as_text(), r"stablehlo\.convolution") == 2
+    assert count(im2col.as_text(), r"stablehlo\.convolution") == 0
+    assert policy.current() == Compute()                  # left as it was outside the program
+    assert count(off.compile().as_text(), r"%ynn_fusion\S* = ") > 0     # XLA's defaults
+    assert count(im2col.compile().as_text(), r"%ynn_fusion\S* = ") == 0

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn.cpu import pool
+from jaxcnn.cpu import policy, pool
 from jaxcnn.models import layers
 
 CASES = {  # x shape, window, stride, padding, overlapping
@@ -57,7 +57,10 @@ def test_layers_max_pool_runs_it_where_lowered_for_cpu_and_flaxs_elsewhere_or_wh
 
     assert not select_and_scatter(layers.max_pool, "cpu")
     assert select_and_scatter(layers.max_pool, "cuda")
-    off = lambda x: layers.max_pool(x, cpu_kernels="off")
+    def off(x):
+        with policy.using(policy.Compute(cpu_kernels="off")):
+            return layers.max_pool(x)
+
     assert select_and_scatter(off, "cpu")
     assert str(grad(off).trace(x).jaxpr) == str(
         grad(lambda x: nn.max_pool(x, (2, 2), (2, 2))).trace(x).jaxpr)

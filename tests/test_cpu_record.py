@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 from jaxcnn import checkpoint, models, trainer
 from jaxcnn.config import DataConfig, TrainConfig
 from jaxcnn.cpu import record
+from jaxcnn.cpu.policy import Compute
 
 
 def test_each_convolution_layer_is_recorded_with_the_form_it_runs():
@@ -18,11 +19,11 @@ def test_each_convolution_layer_is_recorded_with_the_form_it_runs():
     assert rec["cpu_kernels"] == "auto" and rec["cpu_forms"] is True
     assert rec["convolutions"] == {"conv1/conv": "single_channel", "conv2/conv": "col2im_grad",
                                    "conv3/conv": "im2col"}
-    forced = record.record(models.create("lenet5", 10, conv_impl="xla"), (32, 32, 1))
+    forced = record.record(models.create("lenet5", 10), (32, 32, 1), Compute(conv_impl="xla"))
     assert forced["conv_impl"] == "xla" and set(forced["convolutions"].values()) == {"xla"}
     assert rec["onednn"] == record.onednn_status()
     assert rec["onednn"].startswith(("built (float32", "unavailable ("))
-    off = record.record(models.create("lenet5", 10, cpu_kernels="off"), (32, 32, 1))
+    off = record.record(models.create("lenet5", 10), (32, 32, 1), Compute(cpu_kernels="off"))
     assert off["cpu_kernels"] == "off" and off["cpu_forms"] is False
     assert off["onednn"] == "not used (cpu_kernels=off)"
     assert set(off["convolutions"].values()) == {"xla"} and len(off["convolutions"]) == 3
@@ -35,7 +36,7 @@ def test_each_dense_layer_is_recorded_with_the_form_it_runs():
         "fc1": "xla", "fc2": "xla"}
     assert record.record(models.create("alexnet", 10), (224, 224, 3))["dense"] == {
         "fc1": "blocked", "fc2": "blocked", "fc3": "blocked"}
-    off = record.record(models.create("alexnet", 10, cpu_kernels="off"), (224, 224, 3))
+    off = record.record(models.create("alexnet", 10), (224, 224, 3), Compute(cpu_kernels="off"))
     assert set(off["dense"].values()) == {"xla"} and len(off["dense"]) == 3
 
 
@@ -48,13 +49,14 @@ def test_every_checkpoint_says_which_kernels_its_run_used(tmp_path):
     manager.close()
     assert meta["kernels"] == record.record(models.create("lenet5", 10), (32, 32, 1))
     # The kernels are how the model is computed, not what: the run resumes with others.
-    off = dataclasses.replace(cfg.model, options={"cpu_kernels": "off", "conv_impl": "xla"})
-    _, result = trainer.train_and_evaluate(dataclasses.replace(cfg, steps=3, model=off))
+    off = Compute(cpu_kernels="off", conv_impl="xla")
+    _, result = trainer.train_and_evaluate(dataclasses.replace(cfg, steps=3, compute=off))
     assert result["step"] == 3
     manager = ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints"))
     meta = checkpoint.read_meta(manager, 3)
     manager.close()
-    assert meta["kernels"]["cpu_kernels"] == "off" and meta["model_options"] == off.options
+    assert meta["kernels"]["cpu_kernels"] == "off" and meta["config"]["compute"] == {
+        "cpu_kernels": "off", "conv_impl": "xla"}
 
 
 def test_a_sweep_result_says_which_kernels_it_ran(tmp_path):

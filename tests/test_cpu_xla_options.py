@@ -8,6 +8,7 @@ import numpy as np
 
 from jaxcnn import benchmark, models
 from jaxcnn.cpu import xla_options
+from jaxcnn.cpu.policy import Compute
 
 TINY_VGG = dict(cfg=(4, "M", 8, "M"), head=(16,), pool_to=(2, 2))
 
@@ -15,7 +16,7 @@ TINY_VGG = dict(cfg=(4, "M", 8, "M"), head=(16,), pool_to=(2, 2))
 def test_options_per_policy(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     assert xla_options.compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
-    assert xla_options.compiler_options("off") == {}
+    assert xla_options.compiler_options(Compute(cpu_kernels="off")) == {}
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
     assert xla_options.compiler_options() == {}     # an explicit XLA_FLAGS setting wins
 

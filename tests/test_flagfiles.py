@@ -12,6 +12,7 @@ from absl import flags
 
 from experiments import ablate, sweep_flags, train_flags  # noqa: F401  (ablate: its flags)
 from jaxcnn import models
+from jaxcnn.cpu.policy import Compute
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
 FLAGFILES = sorted(glob.glob(os.path.join(EXPERIMENTS, "flags", "*.flags")))
@@ -70,6 +71,15 @@ def test_grad_accum_and_profile_flags_become_config_or_one_clear_error():
     for args, message in cases.items():
         with pytest.raises(ValueError, match=re.escape(message)):
             parse(*args)
+
+
+def test_compute_flags_become_the_configs_compute_options_not_model_options():
+    cfg = parse("--cpu_kernels=off", "--conv_impl=xla", "--norm=batch")
+    assert cfg.compute == Compute(cpu_kernels="off", conv_impl="xla")
+    assert cfg.model.options == {"norm": "batch"}
+    assert parse().compute == Compute()
+    with pytest.raises(ValueError, match="conv_impl=im2col is a CPU kernel form"):
+        parse("--cpu_kernels=off", "--conv_impl=im2col")
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)

@@ -14,6 +14,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
+from conftest import assert_same_batches, take
+
 from jaxcnn import data
 from jaxcnn.data import decoded, device, sources, tf_host
 from jaxcnn.config import DataConfig
@@ -55,16 +57,6 @@ def _cfg(root, **kw):
                          "batch_size": 8, "eval_batch_size": 8, **kw})
 
 
-def _take(iterator, n):
-    return [next(iterator) for _ in range(n)]
-
-
-def _assert_same_batches(a, b):
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x["image"], y["image"])
-        np.testing.assert_array_equal(x["label"], y["label"])
-
-
 def test_folder_info_and_labels_match_folder_names(folder):
     cfg = _cfg(folder, channels=1)
     info = data.dataset_info(cfg)
@@ -88,23 +80,23 @@ def test_train_batches_are_global_normalised_arrays(folder, sharding, augment):
 
 
 def test_same_seed_same_batches_different_seed_different(folder):
-    run = lambda seed: _take(tf_host.host_train_batches(
+    run = lambda seed: take(tf_host.host_train_batches(
         _cfg(folder, augment="cifar", seed=seed), Host(), 8), 3)
-    _assert_same_batches(run(0), run(0))
+    assert_same_batches(run(0), run(0))
     assert any(np.any(a["image"] != b["image"]) for a, b in zip(run(0), run(1)))
 
 
 @pytest.mark.parametrize("augment", ["cifar", "scale_jitter"])
 def test_resume_yields_the_uninterrupted_batches(folder, augment):
     cfg = _cfg(folder, augment=augment, batch_size=16)   # 2 steps per epoch
-    full = _take(tf_host.host_train_batches(cfg, Host(), 16), 5)
-    _assert_same_batches(full[3:], _take(tf_host.host_train_batches(cfg, Host(), 16, 3), 2))
+    full = take(tf_host.host_train_batches(cfg, Host(), 16), 5)
+    assert_same_batches(full[3:], take(tf_host.host_train_batches(cfg, Host(), 16, 3), 2))
     assert np.any(full[0]["image"] != full[2]["image"])   # the next epoch is reshuffled
 
 
 def test_each_training_epoch_sees_distinct_examples(folder):
     cfg = _cfg(folder, image_size=4, batch_size=12)
-    epochs = _take(tf_host.host_train_batches(cfg, Host(), 12), 6)
+    epochs = take(tf_host.host_train_batches(cfg, Host(), 12), 6)
     for epoch in (epochs[:3], epochs[3:]):
         labels = np.concatenate([b["label"] for b in epoch])
         assert collections.Counter(labels) == {i: NUM_TRAIN_PER_CLASS for i in range(3)}

@@ -15,6 +15,7 @@ from PIL import Image
 
 from jaxcnn import data, optim, packing, runs, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxcnn.cpu.policy import Compute
 from jaxcnn.metrics_file import read_metrics
 
 from conftest import run_tolerances, runs_beyond_tolerance, standalone
@@ -58,8 +59,8 @@ def assert_member_equals_standalone(member: trainer.Member, tmp_path, wrong=None
     cfg = member.cfg
     assert member.failure is None and member.result["step"] == cfg.steps
     alone = standalone(cfg, tmp_path, "alone")
-    options = {**cfg.model.options, "cpu_kernels": "off"}
-    tol = run_tolerances(alone, standalone(with_(cfg, model={"options": options}), tmp_path, "off"))
+    off = dataclasses.replace(cfg, compute=Compute(cpu_kernels="off"))
+    tol = run_tolerances(alone, standalone(off, tmp_path, "off"))
     packed = {"state": {"params": member.state.params, "batch_stats": member.state.batch_stats,
                         "opt_state": member.state.opt_state},
               "result": member.result, "rows": read_metrics(cfg.workdir)}

@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcnn import checkpoint, runs, trainer
+from jaxcnn import checkpoint, predict, runs, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxcnn.cpu.policy import Compute
 from jaxcnn.metrics_file import read_metrics
 from jaxcnn.models.lenet import LeNet5
 
@@ -97,6 +98,30 @@ def test_a_checkpoint_without_a_stored_config_gets_its_model_and_data_from_the_m
     run = runs.load(str(old))
     assert run.config == TrainConfig(model=cfg.model, workdir=str(old), data=DataConfig(
         dataset="digits", image_size=32, channels=1, augment="none"))
+
+
+def test_a_checkpoint_with_compute_options_among_its_model_options_loads_predicts_and_resumes(
+        trained, tmp_path):
+    """Written before 2026-12, a checkpoint's meta lists the compute options among the model
+    options, its config's too (and has no `compute`): they move to the config's `compute`."""
+    cfg, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(cfg.workdir, old)
+    path = old / "checkpoints/8/meta/metadata"
+    meta = json.loads(path.read_text())
+    compute = {"cpu_kernels": "off", "conv_impl": "xla"}
+    meta["model_options"].update(compute)
+    meta["config"]["model"]["options"].update(compute)
+    del meta["config"]["compute"]
+    path.write_text(json.dumps(meta))
+    run, new = runs.load(str(old)), runs.load(cfg.workdir)
+    assert run.model == new.model and run.step == 8
+    assert run.config == dataclasses.replace(cfg, workdir=str(old), compute=Compute(**compute))
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1), np.uint8)
+    np.testing.assert_allclose(predict.Predictor(run).predict(images),
+                               predict.Predictor(new).predict(images), atol=1e-5)
+    _, result = trainer.train_and_evaluate(dataclasses.replace(cfg, workdir=str(old)))
+    assert result["step"] == 8          # resumed from it (the model compares equal) and evaluated
 
 
 def test_configs_round_trip_through_json():

@@ -18,8 +18,9 @@ import pytest
 from jax.experimental import io_callback
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxcnn import models, parallel, train, trainer
+from jaxcnn import models, parallel, programs, train, trainer
 from jaxcnn.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxcnn.cpu.policy import Compute
 from jaxcnn.metrics_file import read_metrics
 
 from conftest import assert_equal_up_to_noise_floor, run_cli
@@ -88,13 +89,14 @@ def test_all_finite_is_exact_where_a_global_norm_overflows():
 # compared up to the noise floor measured by the 1-device step with cpu_kernels="off" (flax's
 # layers, XLA's forms), and a step with a learning rate 1% off exceeds it (tests/conftest.py).
 
-def sharded_steps(model, batch, devices, lr, grad_accum_steps=1, steps=3):
-    """`steps` train steps of `model` on `batch`, its batch split over `devices`: the parameters,
-    batch statistics, optimizer state and last metrics, on the host."""
+def sharded_steps(model, batch, devices, lr, grad_accum_steps=1, steps=3, compute=Compute()):
+    """`steps` train steps of `model` on `batch`, its batch split over `devices`, compiled under
+    `compute`: the parameters, batch statistics, optimizer state and last metrics, on the host."""
     mesh = Mesh(np.array(devices), ("data",))
     replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    step = jax.jit(functools.partial(train.train_step, grad_accum_steps=grad_accum_steps),
-                   in_shardings=(replicated, data), out_shardings=(replicated, replicated))
+    step = programs.jit(functools.partial(train.train_step, grad_accum_steps=grad_accum_steps),
+                        compute, in_shardings=(replicated, data),
+                        out_shardings=(replicated, replicated))
     state = jax.device_put(small_state(model, lr=lr), replicated)
     for _ in range(steps):
         state, metrics = step(state, jax.device_put(batch, data))
@@ -106,14 +108,12 @@ def sharded_steps(model, batch, devices, lr, grad_accum_steps=1, steps=3):
 
 def test_step_on_8_devices_equals_step_on_1_device():
     assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
-    options = dict(width=8, norm="batch", dropout=0.0)
-    model = models.create("convnet_cifar", 4, **options)
+    model = models.create("convnet_cifar", 4, width=8, norm="batch", dropout=0.0)
     batch = {"image": jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
              "label": jnp.arange(16) % 4}
     one = sharded_steps(model, batch, jax.devices()[:1], lr=0.1)
     eight = sharded_steps(model, batch, jax.devices(), lr=0.1)
-    off = sharded_steps(models.create("convnet_cifar", 4, cpu_kernels="off", **options), batch,
-                        jax.devices()[:1], lr=0.1)
+    off = sharded_steps(model, batch, jax.devices()[:1], lr=0.1, compute=Compute(cpu_kernels="off"))
     wrong = sharded_steps(model, batch, jax.devices()[:1], lr=0.1 * 1.01)
     assert_equal_up_to_noise_floor(eight, one, off, wrong)
 
@@ -125,8 +125,8 @@ def test_accumulated_micro_batches_make_the_update_of_the_whole_batch():
              "label": jnp.arange(32) % 4}
     whole = sharded_steps(model, batch, jax.devices()[:1], lr=0.05)
     accumulated = sharded_steps(model, batch, jax.devices(), lr=0.05, grad_accum_steps=4)
-    off = sharded_steps(models.create("convnet_cifar", 4, width=8, dropout=0.0, cpu_kernels="off"),
-                        batch, jax.devices()[:1], lr=0.05)
+    off = sharded_steps(model, batch, jax.devices()[:1], lr=0.05,
+                        compute=Compute(cpu_kernels="off"))
     wrong = sharded_steps(model, batch, jax.devices()[:1], lr=0.05 * 1.01)
     assert_equal_up_to_noise_floor(accumulated, whole, off, wrong)
 

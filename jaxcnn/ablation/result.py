@@ -11,8 +11,8 @@ import time
 import jax
 
 from jaxcnn import data, models, trainer
-from jaxcnn.ablation.records import (FAILED_FILE, RESULT_FILE, TOP1_LAST, remove_if_present,
-                                    top1_last, write_atomically)
+from jaxcnn.ablation import records
+from jaxcnn.ablation.records import FAILED_FILE, RESULT_FILE, TOP1_LAST, remove_if_present, top1_last
 from jaxcnn.ablation.spec import Run
 from jaxcnn.config import TrainConfig
 from jaxcnn.cpu import record
@@ -37,12 +37,12 @@ def write_result(run: Run, cfg: TrainConfig, state, metrics: dict,
               "loss": metrics["loss"],
               "params": sum(p.size for p in jax.tree.leaves(state.params)),
               "flops_per_image": summary.flops_per_image(model, image_shape),
-              "kernels": record.record(model, image_shape),
+              "kernels": record.record(model, image_shape, cfg.compute),
               "seconds_per_epoch": seconds_per_epoch(rows, cfg.data.batch_size),
               "pack_size": len(packed_with) + 1, "packed_with": list(packed_with),
               "epochs": max(r["epoch"] for r in rows if r["split"] == "test"),
               "steps": metrics["step"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_atomically(os.path.join(cfg.workdir, RESULT_FILE), json.dumps(result, indent=1))
+    records.write_atomically(os.path.join(cfg.workdir, RESULT_FILE), json.dumps(result, indent=1))
     remove_if_present(os.path.join(cfg.workdir, FAILED_FILE))
     return result
 

@@ -1,10 +1,12 @@
 """The CPU wing: everything that exists only to make XLA:CPU faster, behind one switch.
 
-A model's `cpu_kernels` ("auto" | "off", the programs' `--cpu_kernels`) decides, in `policy`,
-whether its ops stage these forms beside flax's and XLA's own; a program takes them only where it
-is lowered for CPU. "off" gives exactly flax's layers and XLA's defaults.
+The compute option `cpu_kernels` ("auto" | "off", the programs' `--cpu_kernels`; `policy.Compute`,
+given where a program is compiled: `jaxcnn.programs.jit`) decides, in `policy`, whether a
+model's ops stage these forms beside flax's and XLA's own; a program takes them only where it is
+lowered for CPU. "off" gives exactly flax's layers and XLA's defaults.
 
-- policy: which form every op takes (the switch, `conv_impl`, `lax.platform_dependent`)
+- policy: which form every op takes (`Compute`: the switch and `conv_impl`; `using`;
+  `lax.platform_dependent`)
 - layers: `nn.Conv` and `nn.BatchNorm` as the wing stages them (same variables)
 - conv, bias, pool, dense, norm: the ops' CPU forms (custom VJPs), taps: helpers they share
 - onednn: oneDNN's convolutions through XLA's FFI, compiled on first use

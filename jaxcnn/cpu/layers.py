@@ -16,8 +16,8 @@ from jaxcnn.cpu import policy
 
 class Conv(nn.Module):
     """`nn.Conv(features, kernel_size, strides, padding, feature_group_count, kernel_init, dtype)`
-    (kernel and a zero-initialised float32 bias) whose convolution takes `conv_impl`'s form and
-    whose bias add `policy.bias_add`'s where lowered for CPU."""
+    (kernel and a zero-initialised float32 bias) whose convolution takes the form of
+    `policy.conv_general_dilated` and whose bias add `policy.bias_add`'s where lowered for CPU."""
     features: int
     kernel_size: Sequence[int]
     strides: Sequence[int] | int = 1
@@ -25,14 +25,13 @@ class Conv(nn.Module):
     feature_group_count: int = 1
     kernel_init: Callable = nn.initializers.lecun_normal()
     dtype: Any = None
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         conv = nn.Conv(self.features, self.kernel_size, self.strides, padding=self.padding,
                        feature_group_count=self.feature_group_count, use_bias=False,
                        kernel_init=self.kernel_init, dtype=self.dtype,
-                       conv_general_dilated=policy.conv_general_dilated(self.conv_impl))
+                       conv_general_dilated=policy.conv_general_dilated)
         nn.share_scope(self, conv)
         y = conv(x)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)

@@ -27,16 +27,14 @@ def onednn_status() -> str:
     return "built (float32, bfloat16)" if onednn.native_bfloat16() else "built (float32)"
 
 
-def record(model: nn.Module, image_shape: tuple[int, ...]) -> dict:
-    """The platform and device count, the model's `cpu_kernels` and whether the wing's forms are
-    in its programs here (`cpu_forms`: `policy.offered`), its `conv_impl`, oneDNN's status, and
-    the form of each convolution layer on CPU (by its module path; "auto" resolved per shape by
-    `policy.conv_form`; "xla" where the wing is not offered) and of each dense layer ("blocked"
-    where `dense.prefers_blocked`, else "xla"). Pooling, conv biases and batch norm take the
-    wing's forms exactly where `cpu_forms` is true."""
-    cpu_kernels = getattr(model, "cpu_kernels", "auto")
-    impl = getattr(model, "conv_impl", "auto")
-    offered = policy.offered(cpu_kernels)
+def record(model: nn.Module, image_shape: tuple[int, ...],
+           compute: policy.Compute = policy.Compute()) -> dict:
+    """The platform and device count, the compute options (`compute`: its `cpu_kernels`, whether
+    the wing's forms are in its programs here, `cpu_forms`: `policy.offered`, its `conv_impl`),
+    oneDNN's status, and the form of each convolution layer of `model` on CPU (by its module
+    path; "auto" resolved per shape by `policy.conv_form`; "xla" where the wing is not offered)
+    and of each dense layer ("blocked" where `dense.prefers_blocked`, else "xla"). Pooling, conv
+    biases and batch norm take the wing's forms exactly where `cpu_forms` is true."""
     forms: dict[type, dict[str, str]] = {nn.Conv: {}, nn.Dense: {}}
 
     def note_layer(next_fun, args, kwargs, context):
@@ -50,12 +48,14 @@ def record(model: nn.Module, image_shape: tuple[int, ...]) -> dict:
 
     policy.FORMS_TRACED = traced = []
     try:
-        with nn.intercept_methods(note_layer):
+        with policy.using(compute), nn.intercept_methods(note_layer):
             jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x),
                            jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
     finally:
         policy.FORMS_TRACED = None
     return {"platform": jax.default_backend(), "devices": jax.device_count(),
-            "cpu_kernels": cpu_kernels, "cpu_forms": offered, "conv_impl": impl,
-            "onednn": onednn_status() if cpu_kernels == "auto" else "not used (cpu_kernels=off)",
+            "cpu_kernels": compute.cpu_kernels, "cpu_forms": policy.offered(compute),
+            "conv_impl": compute.conv_impl,
+            "onednn": (onednn_status() if compute.cpu_kernels == "auto"
+                       else "not used (cpu_kernels=off)"),
             "convolutions": forms[nn.Conv], "dense": forms[nn.Dense]}

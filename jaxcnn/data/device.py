@@ -66,14 +66,16 @@ def local_batch_size(global_batch: int, sharding: NamedSharding) -> int:
 
 
 def to_device(batches: Iterable[dict], cfg: DataConfig, sharding: NamedSharding) -> Iterator[dict]:
-    """Host-local numpy batches (uint8 images) -> global arrays laid out with `sharding`, images
-    normalised on the device; cfg.prefetch batches are kept transferred ahead."""
+    """Host-local numpy batches (uint8 images), or global arrays already laid out with `sharding`
+    (DALI's on GPUs) -> global arrays laid out with `sharding`, images normalised on the device;
+    cfg.prefetch batches are kept transferred ahead."""
     mean, std = normalization(cfg)
     # mean / std as arguments: the same compiled function serves every call (each evaluation).
     normalize_fn = jax.jit(normalize, out_shardings=sharding)
 
     def put(batch):
-        arrays = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+        arrays = {k: v if isinstance(v, jax.Array) else
+                  jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
         return {**arrays, "image": normalize_fn(arrays["image"], mean, std)}
 
     batches = iter(batches)

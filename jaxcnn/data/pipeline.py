@@ -7,7 +7,8 @@
 Batches are dicts of global jax.Arrays laid out with `sharding` (a NamedSharding whose first spec
 entry is the data axis); each process reads only its own slice of the data. Two routes:
 * streamed: TFDS and folder datasets through tf.data on the host (jaxcnn.data.tf_host), transferred
-  with prefetch and normalised on the device (jaxcnn.data.device);
+  with prefetch and normalised on the device (jaxcnn.data.device); or, with loader "dali", folders
+  through NVIDIA DALI, decoded on the GPUs where there are (jaxcnn.data.dali);
 * device-resident (data_cfg.device_resident, and always the tiny "digits"): the host's slice is
   decoded once at the evaluation geometry (folders with Pillow, cached on disk: jaxcnn.data.decoded;
   digits from numpy; TFDS through tf.data) and held on the devices, which shuffle, augment and
@@ -24,10 +25,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxcnn.config import DataConfig
-from jaxcnn.data import decoded, device, sources, tf_host
+from jaxcnn.data import dali, decoded, device, sources, tf_host
 from jaxcnn.data.sources import Host
 
 AUGMENTS = ("none", "cifar", "random_resized_crop", "scale_jitter")
+LOADERS = ("tf", "dali")
 
 
 def train_batches(cfg: DataConfig, sharding: NamedSharding, start_step: int = 0,
@@ -39,6 +41,11 @@ def train_batches(cfg: DataConfig, sharding: NamedSharding, start_step: int = 0,
     standalone run with seed seeds[k] reads (device-resident: gathered from one copy of the split;
     streamed: K host pipelines)."""
     _check(cfg)
+    if cfg.loader == "dali":
+        if seeds is not None:
+            raise ValueError("loader dali does not read for packed runs: use loader tf or a "
+                             "device-resident dataset")
+        return dali.train_batches(cfg, sharding, start_step)
     host = _this_host()
     if _resident(cfg):
         images, labels = _host_arrays(cfg, "train", host)
@@ -58,6 +65,8 @@ def eval_batches(cfg: DataConfig, sharding: NamedSharding) -> Iterator[dict]:
     """One pass over the test split: {"image", "label", "mask"} global batches of
     cfg.eval_batch_size; every example appears exactly once with mask 1, padding has mask 0."""
     _check(cfg)
+    if cfg.loader == "dali":
+        return dali.eval_batches(cfg, sharding)
     host, num_test = _this_host(), sources.dataset_info(cfg).num_test
     if _resident(cfg):
         images, labels = _host_arrays(cfg, "test", host)
@@ -83,6 +92,8 @@ def _check(cfg: DataConfig) -> None:
         raise ValueError(f"unknown augment {cfg.augment!r}; valid: {', '.join(AUGMENTS)}")
     if cfg.channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {cfg.channels}")
+    if cfg.loader not in LOADERS:
+        raise ValueError(f"unknown loader {cfg.loader!r}; valid: {', '.join(LOADERS)}")
 
 
 def _this_host() -> Host:

@@ -38,6 +38,13 @@ DIGITS_NUM_TEST = 300        # of 1,797: a fixed seeded permutation leaves 1,497
 # the small-image augmentations, the classic 0.875 crop for Inception-style training, and VGG's
 # test scale Q = (S_min + S_max) / 2 = 384 (for 224 crops) for scale jittering.
 EVAL_RESIZE = {"none": 1.0, "cifar": 1.0, "random_resized_crop": 1 / 0.875, "scale_jitter": 384 / 224}
+# The training crops' ranges, for every loader: Inception-style crops as the Flax ImageNet example
+# draws them (area fraction, width / height, tries before the whole image), and VGG's scale
+# jittering (shorter side S in [256, 512] for 224 crops, relative to the crop size).
+CROP_AREA = (0.08, 1.0)
+CROP_ASPECT = (3 / 4, 4 / 3)
+CROP_ATTEMPTS = 10
+SCALE_JITTER = (256 / 224, 512 / 224)
 _IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Per-channel mean / std in [0, 1] units, in the dataset's own channel count: the usual published
 # figures. Photos of unknown statistics (cats_vs_dogs, imagenette, folders) use ImageNet's.
@@ -83,6 +90,17 @@ def names() -> list[str]:
 def check_name(name: str) -> None:
     if name not in TFDS_SPLITS and name != DIGITS and not name.startswith(FOLDER_PREFIX):
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(names())}")
+
+
+def scale_jitter_sides(size: int) -> tuple[int, int]:
+    """VGG's range [S_min, S_max] of the shorter side for size x size crops."""
+    low, high = (round(size * s) for s in SCALE_JITTER)
+    return low, high
+
+
+def epoch_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one reader's epoch (index: a host's or a pipeline's), the same in every run."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0] >> 1)
 
 
 def host_slice(n: int, host: Host, drop_remainder: bool) -> slice:

@@ -40,15 +40,11 @@ def host_eval_batches(cfg: DataConfig, host: Host, local_batch: int) -> Iterator
     return _numpy_batches(_eval_examples(cfg, source).batch(local_batch), cfg)
 
 
-def _epoch_seed(seed: int, epoch: int, host_index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, host_index]).generate_state(1)[0] >> 1)
-
-
 def _train_epoch(cfg: DataConfig, source: sources.TFSource, host: Host, epoch: int, skip: int):
     """One epoch of preprocessed training examples, the first `skip` (after shuffling) left out."""
     from jaxcnn.data import tf_ops
     tf = tf_ops.tf
-    seed = _epoch_seed(cfg.seed, epoch, host.index)
+    seed = sources.epoch_seed(cfg.seed, epoch, host.index)
 
     def preprocess(index, example):
         key, label = example

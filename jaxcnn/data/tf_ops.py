@@ -14,11 +14,10 @@ the same view within float rounding (one level; tests/test_tf_ops.py).
 from __future__ import annotations
 
 from jaxcnn.data.device import CIFAR_PAD
-from jaxcnn.data.sources import EVAL_RESIZE, import_tf
+from jaxcnn.data.sources import (CROP_AREA, CROP_ASPECT, CROP_ATTEMPTS, EVAL_RESIZE, import_tf,
+                                  scale_jitter_sides)
 
 tf = import_tf()
-
-SCALE_JITTER = (256 / 224, 512 / 224)   # VGG's S in [256, 512] for 224 crops, relative to the size
 
 
 def decode(contents, channels: int):
@@ -87,17 +86,17 @@ def random_resized_crop(contents, size: int, seed, channels: int):
     shape = encoded_shape(contents)
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.concat([shape, [channels]], 0), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        seed=seed, min_object_covered=0.1, aspect_ratio_range=CROP_ASPECT,
+        area_range=CROP_AREA, max_attempts=CROP_ATTEMPTS, use_image_if_no_bounding_boxes=True)
     crop = decode_window(contents, tf.concat([begin[:2], crop_size[:2]], 0), channels)
     return to_uint8(tf.image.resize(crop, (size, size), antialias=True))
 
 
 def scale_jitter_geometry(shape, size: int, seed):
     """VGG's scale jittering for an image of shape [h, w]: the [h, w] it is resized to (shorter
-    side S ~ U[SCALE_JITTER] * size) and the [top, left] of the size x size crop of that."""
+    side S ~ U[sources.SCALE_JITTER] * size) and the [top, left] of the size x size crop of that."""
     scale_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    low, high = (round(size * s) for s in SCALE_JITTER)
+    low, high = scale_jitter_sides(size)
     side = tf.random.stateless_uniform([], scale_seed, minval=low, maxval=high + 1, dtype=tf.int32)
     resized = shorter_side_shape(shape, side)
     offset = tf.random.stateless_uniform([2], crop_seed, minval=0, maxval=tf.int32.max,

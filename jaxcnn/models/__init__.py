@@ -13,7 +13,6 @@ import dataclasses
 import functools
 from typing import Callable, NamedTuple
 
-from jaxcnn.cpu import policy
 from jaxcnn.models import layers
 from jaxcnn.models.alexnet import AlexNet
 from jaxcnn.models.base import ConvNet
@@ -80,7 +79,6 @@ def create(name: str, num_classes: int = 1000, **options) -> ConvNet:
     model = builder(num_classes=num_classes, **options)
     if model.norm not in layers.NORMS:
         raise ValueError(f"unknown norm {model.norm!r}; valid: {', '.join(layers.NORMS)}")
-    policy.check(model.cpu_kernels, model.conv_impl)
     return model
 
 

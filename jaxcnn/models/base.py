@@ -16,12 +16,8 @@ class ConvNet(nn.Module):
     factorize / multi_branch: "all", "none" or conv layer numbers (1-based), see `layers.layer_set`.
     dropout: rate of the classifier's dropout layers.
     dtype: computation dtype (parameters stay float32; logits come out float32).
-    cpu_kernels: "auto" | "off". "auto": where lowered for CPU the ops take the faster forms of
-      `jaxcnn.cpu` (oneDNN's convolutions where built, custom gradients of bias, pooling, dense
-      and batch norm; the same results to float32 rounding); programs lowered for GPU / TPU are
-      flax's own. "off": flax's layers and XLA's defaults everywhere.
-    conv_impl: "auto" | "xla" | "im2col" | "onednn", the convolutions' form on CPU ("auto": per
-      shape, `jaxcnn.cpu.conv.auto_choice`).
+    How the ops are computed (on CPU, the faster forms of `jaxcnn.cpu`) is no field: it is chosen
+    where a program is compiled (`jaxcnn.programs.jit`).
     """
     num_classes: int = 1000
     norm: str = "none"
@@ -30,8 +26,6 @@ class ConvNet(nn.Module):
     dropout: float = 0.5
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
-    cpu_kernels: str = "auto"
-    conv_impl: str = "auto"
 
     num_conv_layers = 0  # set by each architecture: how many conv blocks `factorize` etc. can pick
 
@@ -42,16 +36,14 @@ class ConvNet(nn.Module):
             features, kernel_size, norm=kwargs.pop("norm", self.norm),
             factorize=index in layers.layer_set(self.factorize, n),
             multi_branch=index in layers.layer_set(self.multi_branch, n),
-            bn_momentum=self.bn_momentum, dtype=self.dtype, cpu_kernels=self.cpu_kernels,
-            conv_impl=self.conv_impl, name=f"conv{index}", **kwargs)
+            bn_momentum=self.bn_momentum, dtype=self.dtype, name=f"conv{index}", **kwargs)
 
     def max_pool(self, x, window: int = 2, stride: int = 2, padding: str = "VALID"):
-        return layers.max_pool(x, window, stride, padding, self.cpu_kernels)
+        return layers.max_pool(x, window, stride, padding)
 
     def classifier(self, x, widths, train: bool):
-        """The FC head with this model's classes, dropout, dtype and kernels."""
-        return layers.classifier(x, widths, self.num_classes, self.dropout, train, self.dtype,
-                                 self.cpu_kernels)
+        """The FC head with this model's classes, dropout and dtype."""
+        return layers.classifier(x, widths, self.num_classes, self.dropout, train, self.dtype)
 
     def check_input(self, x) -> None:
         layers.check_min_size(x, self.min_input_size, type(self).__name__)

@@ -27,6 +27,5 @@ class ConvNetCifar(ConvNet):
             x = self.conv_block(i, self.width, 5)(x, train)
             x = self.max_pool(x, 2, 2, padding="SAME")
         x = layers.conv(self.num_classes, (5, 5), padding="SAME", kernel_init=layers.dense_init,
-                        dtype=self.dtype, cpu_kernels=self.cpu_kernels, conv_impl=self.conv_impl,
-                        name="logits")(x)
+                        dtype=self.dtype, name="logits")(x)
         return jnp.mean(x, axis=(-3, -2)).astype(jnp.float32)

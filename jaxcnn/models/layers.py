@@ -5,9 +5,9 @@ article (factorised k×k → k×1·1×k, multi-branch 1/3/5/7 convs, batch norm 
 one module rather than copies of each model.
 
 `conv`, `batch_norm`, `dense` and `max_pool` are flax's `nn.Conv`, `nn.BatchNorm`, `nn.Dense` and
-`nn.max_pool`; where the CPU wing is offered (`cpu_kernels="auto"` in a process computing on CPU,
-`jaxcnn.cpu.policy`) they are its drop-ins, with the same variables, which take faster forms
-where the program is lowered for CPU.
+`nn.max_pool`; where the CPU wing is offered (`jaxcnn.cpu.policy.offered`: the compute option
+cpu_kernels="auto" in a process computing on CPU) they are its drop-ins, with the same variables,
+which take faster forms where the program is lowered for CPU.
 """
 from __future__ import annotations
 
@@ -90,35 +90,32 @@ def min_size_for(ops: Sequence[tuple[int, int, int]]) -> int:
 
 def conv(features: int, kernel_size: Sequence[int], strides: Sequence[int] | int = 1,
          padding: Any = "SAME", *, groups: int = 1, kernel_init: Callable = conv_init,
-         dtype: Dtype = jnp.float32, cpu_kernels: str = "auto", conv_impl: str = "auto",
-         name: str | None = None) -> nn.Module:
-    """`nn.Conv` with a bias; `conv_impl` is the convolution's form on CPU (`jaxcnn.cpu.policy`)."""
-    policy.check(cpu_kernels, conv_impl)
-    if policy.offered(cpu_kernels):
+         dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
+    """`nn.Conv` with a bias."""
+    if policy.offered():
         return cpu_layers.Conv(features, kernel_size, strides, padding, feature_group_count=groups,
-                               kernel_init=kernel_init, dtype=dtype, conv_impl=conv_impl, name=name)
+                               kernel_init=kernel_init, dtype=dtype, name=name)
     return nn.Conv(features, kernel_size, strides, padding, feature_group_count=groups,
                    kernel_init=kernel_init, dtype=dtype, name=name)
 
 
-def batch_norm(train: bool, momentum: float, dtype: Dtype, cpu_kernels: str = "auto",
-               name: str | None = None) -> nn.Module:
+def batch_norm(train: bool, momentum: float, dtype: Dtype, name: str | None = None) -> nn.Module:
     """`nn.BatchNorm` over the channels (epsilon 1e-5, as PyTorch and TF's Keras layers)."""
-    layer = cpu_layers.BatchNorm if policy.offered(cpu_kernels) else nn.BatchNorm
+    layer = cpu_layers.BatchNorm if policy.offered() else nn.BatchNorm
     return layer(use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype,
                  name=name)
 
 
 def dense(features: int, *, kernel_init: Callable = dense_init, dtype: Dtype = jnp.float32,
-          cpu_kernels: str = "auto", name: str | None = None) -> nn.Dense:
+          name: str | None = None) -> nn.Dense:
     """`nn.Dense`, with the wing's `dot_general` where it is offered."""
     return nn.Dense(features, kernel_init=kernel_init, dtype=dtype, name=name,
-                    dot_general=policy.dot_general if policy.offered(cpu_kernels) else None)
+                    dot_general=policy.dot_general if policy.offered() else None)
 
 
-def max_pool(x, window=2, stride=2, padding="VALID", cpu_kernels: str = "auto"):
+def max_pool(x, window=2, stride=2, padding="VALID"):
     """`nn.max_pool` with a square window and stride."""
-    pool = policy.max_pool if policy.offered(cpu_kernels) else nn.max_pool
+    pool = policy.max_pool if policy.offered() else nn.max_pool
     return pool(x, (window, window), (stride, stride), padding)
 
 
@@ -162,12 +159,10 @@ class ConvBlock(nn.Module):
     bn_momentum: float = 0.9
     lrn_params: dict | None = None
     dtype: Dtype = jnp.float32
-    cpu_kernels: str = "auto"
-    conv_impl: str = "auto"
 
     def _conv(self, features, kernel, strides, padding, name):
         return conv(features, kernel, strides, padding, groups=self.groups, dtype=self.dtype,
-                    cpu_kernels=self.cpu_kernels, conv_impl=self.conv_impl, name=name)
+                    name=name)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -193,7 +188,7 @@ class ConvBlock(nn.Module):
         else:
             y = self._conv(self.features, (k, k), (s, s), [(p, p)] * 2, "conv")(x)
         if self.norm == "batch":
-            y = batch_norm(train, self.bn_momentum, self.dtype, self.cpu_kernels, name="bn")(y)
+            y = batch_norm(train, self.bn_momentum, self.dtype, name="bn")(y)
         y = nn.relu(y)
         if self.norm == "lrn":
             y = lrn(y, **(self.lrn_params or TF_LRN))
@@ -201,9 +196,9 @@ class ConvBlock(nn.Module):
 
 
 def classifier(x, widths: Sequence[int], num_classes: int, dropout: float, train: bool,
-               dtype: Dtype, cpu_kernels: str = "auto"):
+               dtype: Dtype):
     """The FC head: Dense → ReLU → Dropout for each width, then the logits layer (float32 out)."""
-    layer = functools.partial(dense, dtype=dtype, cpu_kernels=cpu_kernels)
+    layer = functools.partial(dense, dtype=dtype)
     for i, width in enumerate(widths, start=1):
         x = nn.Dropout(dropout, deterministic=not train)(nn.relu(layer(width, name=f"fc{i}")(x)))
     return layer(num_classes, name=f"fc{len(widths) + 1}")(x).astype(jnp.float32)

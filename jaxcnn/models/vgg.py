@@ -165,11 +165,10 @@ class CifarVGG(ConvNet):
                 x = nn.Dropout(rate, deterministic=not train)(x)
             x = self.max_pool(x, 2, 2)
         x = x.reshape(x.shape[0], -1)
-        dense = functools.partial(layers.dense, dtype=self.dtype, cpu_kernels=self.cpu_kernels)
+        dense = functools.partial(layers.dense, dtype=self.dtype)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = dense(512, name="fc1")(x)
-        x = layers.batch_norm(train, self.bn_momentum, self.dtype, self.cpu_kernels,
-                              name="fc1_bn")(x)
+        x = layers.batch_norm(train, self.bn_momentum, self.dtype, name="fc1_bn")(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
         x = dense(512, name="fc2")(x)
         return dense(self.num_classes, name="fc3")(x).astype(jnp.float32)

@@ -3,12 +3,12 @@ cores one device needs for a model.
 
     python -m experiments.pipeline_benchmark --dataset=folder:PATH | TFDS_NAME [--data_dir=DIR] \\
         [--image_size=224] [--augments=scale_jitter,random_resized_crop] [--eval] \\
-        [--loaders=tf,resident,dali] [--models=vgg16] [--dtype=bfloat16] \\
-        [--batch_size=64] [--num_batches=20] [--json]
+        [--loaders=tf,resident,dali] [--feed=vgg16] [--dtype=bfloat16] \\
+        [--batch_size=64] [--timed_batches=30] [--json]
 
 For each loader and augmentation: training batches of `--image_size` delivered to the devices
 (`jaxcnn.data.train_batches`, each batch waited for) in images/s, and per host core (the cores this
-process may run on). With --eval, the evaluation views too (`eval_batches`). For each model, its
+process may run on). With --eval, the evaluation views too (`eval_batches`). For each model fed, its
 train step's rate on one device (`jaxcnn.benchmark`'s `train_step`, random images) and the host
 cores one device needs to be fed by each pipeline: step images/s over the pipeline's images/s per
 core.
@@ -40,11 +40,12 @@ flags.DEFINE_list("augments", ["scale_jitter", "random_resized_crop"],
                   f"training augmentations to time ({', '.join(data.AUGMENTS)})")
 flags.DEFINE_bool("eval", False, "also time the evaluation views")
 flags.DEFINE_list("loaders", ["tf"], f"loaders to time ({', '.join(LOADERS)})")
-flags.DEFINE_list("models", [], "models whose train step rate is measured at --image_size")
-flags.DEFINE_integer("num_batches", 20, "timed batches per pipeline", lower_bound=1)
-flags.DEFINE_integer("model_batches", 5, "timed steps per model", lower_bound=1)
-flags.DEFINE_integer("burn_in", 3, "untimed batches first (compilation, buffers filling)",
-                     lower_bound=0)
+flags.DEFINE_list("feed", [], "models whose train step rate is measured at --image_size, and the "
+                  "host cores that feed one device at that rate")
+flags.DEFINE_integer("timed_batches", 30, "timed batches per pipeline", lower_bound=1)
+flags.DEFINE_integer("timed_steps", 5, "timed train steps per model", lower_bound=1)
+flags.DEFINE_integer("untimed_batches", 3, "untimed batches first (compilation, buffers "
+                     "filling)", lower_bound=0)
 flags.DEFINE_bool("json", False, "print one JSON object instead of the tables")
 FLAGS = flags.FLAGS
 
@@ -56,8 +57,9 @@ def host_cores() -> int:
 
 
 def images_per_second(batches: Iterator, num_batches: int, batch_size: int) -> float:
-    """Rate of up to `num_batches` batches after FLAGS.burn_in untimed ones, each waited for."""
-    for _ in range(FLAGS.burn_in):
+    """Rate of up to `num_batches` batches after --untimed_batches untimed ones, each waited
+    for."""
+    for _ in range(FLAGS.untimed_batches):
         jax.block_until_ready(next(batches))
     start, timed = time.perf_counter(), 0
     for batch in batches:
@@ -66,7 +68,7 @@ def images_per_second(batches: Iterator, num_batches: int, batch_size: int) -> f
         if timed == num_batches:
             break
     if timed == 0:
-        raise ValueError(f"the split has no batch of {batch_size} after --burn_in={FLAGS.burn_in}")
+        raise ValueError(f"the split has no batch of {batch_size} after --untimed_batches={FLAGS.untimed_batches}")
     return timed * batch_size / (time.perf_counter() - start)
 
 
@@ -97,7 +99,7 @@ def measure_pipelines(base: DataConfig) -> list[dict]:
         if loader == "resident":     # the split's one-off load, then the batches
             jax.block_until_ready(next(batches))
             row["load_s"] = time.perf_counter() - start
-        row["images_per_s"] = images_per_second(batches, FLAGS.num_batches, cfg.batch_size)
+        row["images_per_s"] = images_per_second(batches, FLAGS.timed_batches, cfg.batch_size)
         row["per_core"] = row["images_per_s"] / host_cores()
         rows.append(row)
     return rows
@@ -108,10 +110,10 @@ def measure_models(base: DataConfig, num_classes: int) -> dict[str, float]:
     dtype = jnp.dtype(FLAGS.dtype)
     shape = (base.image_size, base.image_size, base.channels)
     rates = {}
-    for name in FLAGS.models:
+    for name in FLAGS.feed:
         step = benchmark.compile_mode(models.create(name, num_classes=num_classes, dtype=dtype),
                                       shape, base.batch_size, "train_step", input_dtype=dtype)
-        seconds, = benchmark.time_calls(step.call, burn_in=1, num_batches=FLAGS.model_batches)
+        seconds, = benchmark.time_calls(step.call, burn_in=1, num_batches=FLAGS.timed_steps)
         rates[name] = step.timing(seconds).images_per_s
     return rates
 

@@ -112,8 +112,8 @@ if want dali; then
     say "DALI loader on $DALI_FOLDER beside vgg16's train step"
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 timeout 240 "$PYTHON" -m experiments.pipeline_benchmark \
       --dataset="folder:$DALI_FOLDER" --cache_dir="$WORK/cache" --image_size=224 \
-      --augments=random_resized_crop,scale_jitter --eval --loaders=dali --models=vgg16 \
-      --dtype=bfloat16 --batch_size=256 --num_batches=20 --json $DALI_ARGS \
+      --augments=random_resized_crop,scale_jitter --eval --loaders=dali --feed=vgg16 \
+      --dtype=bfloat16 --batch_size=256 --timed_batches=20 --json $DALI_ARGS \
       >> "$OUT/dali.jsonl" 2> "$OUT/dali.log"
     say "DALI benchmark exit status $?"
   else

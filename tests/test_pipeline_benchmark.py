@@ -39,8 +39,8 @@ def test_photo_folder_is_imagenet_shaped_and_reproducible(photos, tmp_path):
 def test_one_row_per_loader_and_view_and_the_cores_a_device_needs(photos, tmp_path, capsys):
     args = (f"--dataset=folder:{photos}", f"--cache_dir={tmp_path}", "--image_size=40",
             "--augments=random_resized_crop,scale_jitter", "--eval", "--loaders=tf",
-            "--models=lenet5", "--batch_size=8", "--num_batches=2", "--burn_in=1",
-            "--model_batches=1")
+            "--feed=lenet5", "--batch_size=8", "--timed_batches=2", "--untimed_batches=1",
+            "--timed_steps=1")
     result = run_in_process(capsys, pipeline_benchmark.main, *args, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -2,8 +2,10 @@
 during a checkpoint write, damaged checkpoints, a full disk, bad input, a dead or preempted peer in
 a multi-process job, and safe loading.
 
-Every run is LeNet-5 on the embedded digits in a subprocess. Runs that must be interrupted ask for
-far more steps than they get to and are stopped once their first metrics (or checkpoints) appear.
+Every run is LeNet-5 on the embedded digits, in a subprocess where the process is what is tested
+(signals, kills, exit codes, several processes), else in this one. Runs that must be interrupted ask
+for far more steps than they get to and are stopped once their first metrics (or checkpoints)
+appear.
 """
 import concurrent.futures
 import glob
@@ -21,7 +23,8 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, run_cli as shared_run_cli, steps_in
+from conftest import assert_one_line_error, run_cli as shared_run_cli, run_in_process, steps_in
+from experiments import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ("--model=lenet5", "--dataset=digits", "--batch_size=32", "--eval_batch_size=64",
@@ -234,7 +237,9 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path,
     assert steps_in(workdir)[-1] == 10 and not unfinished_in(workdir)
 
 
-def test_bad_input_ends_with_a_one_line_error(tmp_path, trained_workdir):
+def test_bad_input_ends_with_a_one_line_error(tmp_path, trained_workdir, capsys):
+    """Checked in this process (`run_in_process`: exit status, the one line, no traceback); the
+    suite's 8 CPU devices are the device count the messages name."""
     write_image_folder(tmp_path / "corrupt", broken=("bad.jpg", b"\xff\xd8\xff\xe0 not a jpeg"))
     (tmp_path / "empty" / "train").mkdir(parents=True)
     for case in ("all_damaged", "other_model", "other_optimizer", "nan"):
@@ -243,7 +248,7 @@ def test_bad_input_ends_with_a_one_line_error(tmp_path, trained_workdir):
         state = tmp_path / "all_damaged" / "checkpoints" / str(step) / "state"
         flip_bytes(state / "manifest.ocdbt", n=16)
     (tmp_path / "a_file").write_text("")
-    eight_devices = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert jax.device_count() == 8
     folder = lambda name: f"--dataset=folder:{tmp_path / name}"
     cases = {  # args -> what the error line says
         ("--model=resnet50",): "unknown model 'resnet50'; valid models: lenet5, alexnet",
@@ -276,11 +281,8 @@ def test_bad_input_ends_with_a_one_line_error(tmp_path, trained_workdir):
             "non-finite loss or gradient at step ",
     }
 
-    def run_case(args):
-        return run_cli(f"--workdir={tmp_path / 'unused'}", "--steps=8", *args, env=eight_devices)
-
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = dict(zip(cases, pool.map(run_case, cases)))
+    results = {args: run_in_process(capsys, run.main, *QUICK, f"--workdir={tmp_path / 'unused'}",
+                                    "--steps=8", *args) for args in cases}
     for args, expected in cases.items():
         assert_one_line_error(results[args], expected)
     # The non-finite stop keeps the last good checkpoint and says which one.

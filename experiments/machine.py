@@ -34,13 +34,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask: a SLURM or container limit counts)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def record(torch_threads: int | None = None) -> dict:
     """The machine and both frameworks' threads. XLA:CPU runs one thread per CPU this process may
     use (its affinity mask); torch's intra-op threads are `torch.get_num_threads()`. Whether
     jaxcnn's oneDNN convolutions are built (`jaxcnn.cpu.conv`'s "auto" runs them on one CPU device)."""
     return {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "xla_threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
+            "xla_threads": usable_cores(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch_threads,
             "freed_host_memory": "kept" if host_memory.reusing() else "returned",
             "onednn_convolutions": onednn_status()}

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from experiments import cli, train_flags  # noqa: F401  (the data flags, --dtype)
+from experiments import cli, machine, train_flags  # noqa: F401  (train_flags: data flags, --dtype)
 from jaxcnn import benchmark, data, models, parallel
 from jaxcnn.config import DataConfig
 
@@ -48,12 +48,6 @@ flags.DEFINE_integer("untimed_batches", 3, "untimed batches first (compilation, 
                      "filling)", lower_bound=0)
 flags.DEFINE_bool("json", False, "print one JSON object instead of the tables")
 FLAGS = flags.FLAGS
-
-
-def host_cores() -> int:
-    """The cores this process may run on (a SLURM or container limit counts, the machine's size
-    does not)."""
-    return len(os.sched_getaffinity(0))
 
 
 def images_per_second(batches: Iterator, num_batches: int, batch_size: int) -> float:
@@ -100,7 +94,7 @@ def measure_pipelines(base: DataConfig) -> list[dict]:
             jax.block_until_ready(next(batches))
             row["load_s"] = time.perf_counter() - start
         row["images_per_s"] = images_per_second(batches, FLAGS.timed_batches, cfg.batch_size)
-        row["per_core"] = row["images_per_s"] / host_cores()
+        row["per_core"] = row["images_per_s"] / machine.usable_cores()
         rows.append(row)
     return rows
 
@@ -131,12 +125,12 @@ def report(rows: list[dict], steps: dict[str, float], base: DataConfig,
     if FLAGS.json:
         print(json.dumps({"dataset": base.dataset, "image_size": base.image_size,
                           "batch_size": base.batch_size, "device": jax.devices()[0].device_kind,
-                          "devices": jax.device_count(), "host_cores": host_cores(),
+                          "devices": jax.device_count(), "host_cores": machine.usable_cores(),
                           "load_before_after": load, "pipelines": rows, "dtype": FLAGS.dtype,
                           "train_step_images_per_s": steps, "host_cores_per_device": needed}))
         return
     print(f"{base.dataset}, {base.image_size}x{base.image_size}, batch {base.batch_size}, "
-          f"{jax.device_count()} {jax.devices()[0].device_kind} device(s), {host_cores()} host "
+          f"{jax.device_count()} {jax.devices()[0].device_kind} device(s), {machine.usable_cores()} host "
           f"cores, 1-minute load {load[0]:.1f} before / {load[1]:.1f} after\n")
     print("| loader | view | images/s | per host core |\n|---|---|---:|---:|")
     for row in rows:

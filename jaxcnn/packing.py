@@ -56,7 +56,7 @@ def check(configs: Sequence[TrainConfig]) -> None:
 
 
 def _difference(a: TrainConfig, b: TrainConfig) -> str:
-    flat_a, flat_b = _flat(dataclasses.asdict(a)), _flat(dataclasses.asdict(b))
+    flat_a, flat_b = flat_fields(dataclasses.asdict(a)), flat_fields(dataclasses.asdict(b))
     switches = dict(optim.structure(a.optim)), dict(optim.structure(b.optim))
     for name in flat_a:
         field = name.rpartition(".")[2]
@@ -71,11 +71,12 @@ def _difference(a: TrainConfig, b: TrainConfig) -> str:
     return "they differ"
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat_fields(tree: dict, prefix: str = "") -> dict:
+    """A config's asdict() as {dotted field name: value} (model options kept whole)."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict) and k != "options":
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat_fields(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

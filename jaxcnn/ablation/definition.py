@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from jaxcnn.ablation.spec import Axis, Sweep
 from jaxcnn.config import TrainConfig
 from jaxcnn.files import write_atomically
+from jaxcnn.packing import flat_fields
 
 SWEEP_FILE = "sweep.json"
 
@@ -53,7 +54,8 @@ def _as_json(base: TrainConfig, axes: dict, seeds: int, combine: str) -> dict:
 def _check_extends(stored: dict, given: dict, sweep_dir: str) -> None:
     differences = []
     if stored["base"] != given["base"]:
-        fields = _differing(stored["base"], given["base"])
+        old, new = flat_fields(stored["base"]), flat_fields(given["base"])
+        fields = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
         differences.append(f"another base configuration (differs in {', '.join(fields)})")
     if stored["combine"] != given["combine"]:
         differences.append(f"combine={given['combine']} (the sweep has {stored['combine']})")
@@ -70,15 +72,3 @@ def _check_extends(stored: dict, given: dict, sweep_dir: str) -> None:
     if differences:
         raise ValueError(f"{sweep_dir} holds another sweep ({SWEEP_FILE}): "
                          f"{'; '.join(differences)}; use another folder")
-
-
-def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """The dotted paths at which two nested dicts differ."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differing(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key}")
-    return out
